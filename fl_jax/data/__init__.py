@@ -1,0 +1,17 @@
+"""Data: local IDX / npz files and TFDS sources, held-out splits, partitions.
+
+Host-side NumPy, run once before training; deterministic from integer seeds.
+"""
+from fl_jax.data.clients import ClientData
+from fl_jax.data.clients import label_histogram
+from fl_jax.data.clients import make_federated
+from fl_jax.data.clients import pad_clients
+from fl_jax.data.idx import read_idx
+from fl_jax.data.idx import write_idx
+from fl_jax.data.partition import partition_dirichlet
+from fl_jax.data.partition import partition_iid
+from fl_jax.data.sources import DATASET_NAMES
+from fl_jax.data.sources import DataNotFoundError
+from fl_jax.data.sources import Dataset
+from fl_jax.data.sources import load_dataset
+from fl_jax.data.splits import holdout_split

@@ -1,0 +1,268 @@
+"""The multi-round driver: a thin host loop around one jitted round function.
+
+``train(config, workdir)`` builds everything from a config (a dict or an
+``ml_collections.ConfigDict``; see ``launch/configs/mnist_fedavg.py`` for the
+keys), runs the rounds, evaluates every ``eval_every`` rounds and writes
+
+* ``workdir/config.json`` -- the resolved config;
+* ``workdir/metrics.jsonl`` -- one JSON object per evaluation (round,
+  test_accuracy, train_loss, elapsed seconds, ...);
+* ``workdir/summary.json`` -- final metrics by name, rounds and wall seconds;
+* ``workdir/checkpoint.npz`` -- the server state, every ``checkpoint_every``
+  rounds and at the end. ``resume=True`` continues from it; because every key
+  derives from ``(seed, round)``, a resumed run ends with the same model as an
+  uninterrupted one.
+
+Library code never reads flags; ``launch/train.py`` only parses them.
+"""
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fl_jax import adversarial
+from fl_jax import aggregators as agg_lib
+from fl_jax import client as client_lib
+from fl_jax import data as data_lib
+from fl_jax import metrics as metrics_lib
+from fl_jax import models as models_lib
+from fl_jax.metrics.writer import JsonlWriter, to_jsonable
+from fl_jax.simulation import checkpoint as ckpt_lib
+from fl_jax.simulation.round import init_server_state, make_round_fn
+
+REQUIRED_KEYS = (
+    'dataset', 'data_dir', 'num_cert', 'num_val', 'partition', 'dirichlet_alpha',
+    'min_client_size', 'data_seed', 'client_pool_size', 'num_clients',
+    'clients_per_round', 'rounds', 'seed', 'client_parallel', 'chunk_size',
+    'model', 'conv_impl', 'local_epochs', 'batch_size', 'lr', 'lr_decay',
+    'momentum', 'weight_decay', 'adv_train', 'adv_eps', 'adv_steps',
+    'adv_step_size', 'adv_fraction', 'aggregator', 'norm_bound', 'dp_sigma',
+    'eval_every', 'eval_pgd_eps', 'eval_pgd_steps', 'eval_pgd_restarts',
+    'eval_pgd_points', 'checkpoint_every')
+
+CHECKPOINT = 'checkpoint.npz'
+
+
+def config_to_dict(config) -> dict:
+  if hasattr(config, 'to_dict'):
+    config = config.to_dict()
+  return dict(config)
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+  """Raises ValueError naming missing keys or bad values."""
+  missing = [k for k in REQUIRED_KEYS if k not in cfg]
+  if missing:
+    raise ValueError(f'config lacks keys {missing}')
+  for k in ('num_clients', 'clients_per_round', 'rounds', 'local_epochs',
+            'batch_size', 'eval_every', 'checkpoint_every'):
+    if not isinstance(cfg[k], int) or cfg[k] <= 0:
+      raise ValueError(f'{k} must be a positive int, got {cfg[k]!r}')
+  for k in ('num_cert', 'num_val', 'client_pool_size', 'chunk_size'):
+    if not isinstance(cfg[k], int) or cfg[k] < 0:
+      raise ValueError(f'{k} must be a non-negative int, got {cfg[k]!r}')
+  if cfg['clients_per_round'] > cfg['num_clients']:
+    raise ValueError(f"clients_per_round ({cfg['clients_per_round']}) must be <= "
+                     f"num_clients ({cfg['num_clients']})")
+  if cfg['partition'] not in ('iid', 'dirichlet'):
+    raise ValueError(f"unknown partition {cfg['partition']!r}; expected 'iid' or 'dirichlet'")
+  if cfg['model'] not in models_lib.MODELS:
+    raise ValueError(f"unknown model {cfg['model']!r}; expected one of {sorted(models_lib.MODELS)}")
+  if cfg['dataset'] not in data_lib.DATASET_NAMES:
+    raise ValueError(f"unknown dataset {cfg['dataset']!r}; expected one of "
+                     f'{sorted(data_lib.DATASET_NAMES)}')
+
+
+class Experiment(NamedTuple):
+  """Everything built from a config (handy in notebooks and tests)."""
+  config: dict
+  model: models_lib.Model
+  clients: data_lib.ClientData
+  test: data_lib.Dataset
+  cert: data_lib.Dataset
+  val: data_lib.Dataset
+  client_update: Callable
+  aggregator: agg_lib.Aggregator
+  round_fn: Callable
+
+
+def build_loss(cfg, apply_fn):
+  if cfg['adv_train']:
+    return adversarial.adversarial_loss(
+        apply_fn, eps=cfg['adv_eps'], steps=cfg['adv_steps'],
+        step_size=cfg['adv_step_size'], fraction=cfg['adv_fraction'])
+  return adversarial.standard_loss(apply_fn)
+
+
+def build_aggregator(cfg) -> agg_lib.Aggregator:
+  build = getattr(agg_lib, 'build', None)
+  if build is None:  # only the FedAvg rule is available
+    if cfg['aggregator'] != 'mean' or cfg['norm_bound'] or cfg['dp_sigma']:
+      raise ValueError(f"aggregator {cfg['aggregator']!r} is not available")
+    return agg_lib.weighted_mean()
+  hp = {}
+  name = cfg['aggregator']
+  if name in ('krum', 'multi_krum', 'bulyan'):
+    hp['num_byzantine'] = cfg.get('num_byzantine', 1)
+  if name == 'multi_krum' and cfg.get('multi_krum_m', 0):
+    hp['m'] = cfg['multi_krum_m']
+  if name == 'trimmed_mean':
+    hp['beta'] = cfg.get('trim_beta', 0.2)
+  if name == 'geometric_median':
+    hp.update(nu=cfg.get('gm_nu', 1e-5), tol=cfg.get('gm_tol', 1e-1),
+              max_iters=cfg.get('gm_max_iters', 500))
+  return build(name, norm_bound=cfg['norm_bound'] or None,
+               dp_sigma=cfg['dp_sigma'], seed=cfg['seed'], **hp)
+
+
+def build_experiment(config) -> Experiment:
+  cfg = config_to_dict(config)
+  validate_config(cfg)
+  data_dir = cfg['data_dir'] or None
+  train_ds = data_lib.load_dataset(cfg['dataset'], 'train', data_dir=data_dir)
+  test_ds = data_lib.load_dataset(cfg['dataset'], 'test', data_dir=data_dir)
+  cert, val, rest = data_lib.holdout_split(train_ds, cfg['num_cert'], cfg['num_val'])
+  if cfg['client_pool_size']:
+    n = cfg['client_pool_size']
+    if n > rest.x.shape[0]:
+      raise ValueError(f'client_pool_size {n} exceeds the {rest.x.shape[0]} '
+                       'training points left after the held-out sets')
+    rest = rest._replace(x=rest.x[:n], y=rest.y[:n])
+  clients = data_lib.make_federated(
+      rest, cfg['num_clients'], partition=cfg['partition'],
+      alpha=cfg['dirichlet_alpha'], seed=cfg['data_seed'],
+      min_size=cfg['min_client_size'])
+  model = models_lib.get_model(cfg['model'], train_ds.x.shape[1:], train_ds.num_classes,
+                               conv_impl=cfg['conv_impl'] or None)
+  hp = client_lib.LocalSGD(cfg['local_epochs'], cfg['batch_size'], cfg['lr'],
+                           cfg['lr_decay'], cfg['momentum'], cfg['weight_decay'])
+  client_update = client_lib.make_client_update(build_loss(cfg, model.apply), hp)
+  aggregator = build_aggregator(cfg)
+  round_fn = make_round_fn(
+      client_update, aggregator, num_clients=cfg['num_clients'],
+      clients_per_round=cfg['clients_per_round'], seed=cfg['seed'],
+      client_parallel=cfg['client_parallel'] or None,
+      chunk_size=cfg['chunk_size'] or None)
+  return Experiment(cfg, model, clients, test_ds, cert, val, client_update,
+                    aggregator, round_fn)
+
+
+def evaluate(exp: Experiment, params, round_idx: int) -> dict:
+  """Test-set metrics of ``params`` (clean, and PGD at ``eval_pgd_eps``)."""
+  cfg = exp.config
+  out = {'test_accuracy': float(metrics_lib.accuracy(exp.model.apply, params,
+                                                     exp.test.x, exp.test.y))}
+  if cfg['eval_pgd_eps']:
+    n = min(cfg['eval_pgd_points'], exp.test.x.shape[0])
+    key = jax.random.fold_in(jax.random.key(cfg['seed'] + 1), round_idx)
+    accs = metrics_lib.pgd_accuracy(
+        exp.model.apply, params, exp.test.x[:n], exp.test.y[:n], key,
+        list(cfg['eval_pgd_eps']), steps=cfg['eval_pgd_steps'],
+        restarts=cfg['eval_pgd_restarts'])
+    for eps, acc in accs.items():
+      out[f'pgd_accuracy@{float(eps):g}'] = float(acc)
+  return out
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def train(config, workdir: str, resume: bool = False,
+          log: Callable[[str], None] = _log) -> dict:
+  """Runs a federated experiment; returns the summary dict.
+
+  Args:
+    config: dict or ConfigDict (see ``launch/configs/mnist_fedavg.py``).
+    workdir: output folder (created).
+    resume: continue from ``workdir/checkpoint.npz`` if it exists.
+    log: progress printer.
+  """
+  t_start = time.time()
+  exp = build_experiment(config)
+  cfg = exp.config
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(to_jsonable(cfg), f, indent=2, sort_keys=True)
+  writer = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
+  ckpt_path = os.path.join(workdir, CHECKPOINT)
+
+  state = init_server_state(exp.model.init(jax.random.key(cfg['seed'])), exp.aggregator)
+  elapsed_before = 0.0
+  if resume and os.path.exists(ckpt_path):
+    state, elapsed_before = ckpt_lib.load(ckpt_path, (state, np.float64(0.0)))
+    elapsed_before = float(elapsed_before)
+    writer.truncate_after(int(state.round))
+    log(f'resumed from {ckpt_path} at round {int(state.round)}')
+  elif os.path.exists(writer.path):
+    os.remove(writer.path)
+
+  data = jax.device_put(exp.clients)
+  rounds = cfg['rounds']
+  losses, last = [], None
+  t_loop = time.time()
+  t_window, r_window = time.time(), int(state.round)
+  while int(state.round) < rounds:
+    state, rm = exp.round_fn(state, data)
+    losses.append(rm.train_loss)
+    r = int(state.round)  # rounds done
+    if r % cfg['eval_every'] == 0 or r == rounds:
+      ev = evaluate(exp, state.params, r)
+      train_loss = float(jnp.mean(jnp.stack(losses)))
+      losses = []
+      now = time.time()
+      rps = (r - r_window) / max(now - t_window, 1e-9)
+      t_window, r_window = now, r
+      elapsed = elapsed_before + now - t_loop
+      last = {'round': r, **ev, 'train_loss': train_loss,
+              'elapsed_seconds': elapsed, 'rounds_per_second': rps,
+              'update_norm_mean': float(jnp.mean(rm.update_norms)),
+              'aggregate_norm': float(rm.aggregate_norm)}
+      writer.write(last)
+      extras = ' '.join(f'{k}={v:.4f}' for k, v in ev.items() if k != 'test_accuracy')
+      log(f"round {r:5d}/{rounds}  test_acc={ev['test_accuracy']:.4f}  "
+          f'train_loss={train_loss:.4f}  {extras}  {rps:.2f} rounds/s')
+    if r % cfg['checkpoint_every'] == 0 or r == rounds:
+      ckpt_lib.save(ckpt_path, (state, np.float64(elapsed_before + time.time() - t_loop)))
+
+  if last is None:  # nothing left to run: evaluate the restored model
+    last = {'round': int(state.round), **evaluate(exp, state.params, int(state.round))}
+  summary = {**{k: v for k, v in last.items() if k not in ('rounds_per_second',)},
+             'rounds': int(state.round),
+             'wall_seconds': time.time() - t_start,
+             'train_seconds': elapsed_before + time.time() - t_loop}
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(to_jsonable(summary), f, indent=2, sort_keys=True)
+  return summary
+
+
+def restore(workdir: str):
+  """Rebuilds the model of a ``train`` workdir and loads its parameters.
+
+  Returns:
+    ``(model, params, config_dict)``.
+  """
+  cfg_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f'{cfg_path} not found: is {workdir!r} a workdir of launch.train?')
+  with open(cfg_path) as f:
+    cfg = json.load(f)
+  shapes = {'mnist': ((28, 28, 1), 10), 'emnist_digits': ((28, 28, 1), 10),
+            'cifar10': ((32, 32, 3), 10)}
+  input_shape, num_classes = shapes[cfg['dataset']]
+  model = models_lib.get_model(cfg['model'], input_shape, num_classes,
+                               conv_impl=cfg.get('conv_impl') or None)
+  template = model.init(jax.random.key(0))
+  state = ckpt_lib.load(os.path.join(workdir, CHECKPOINT),
+                        (ServerStateTemplate(template), np.float64(0.0)))
+  return model, state[0].params, cfg
+
+
+class ServerStateTemplate(NamedTuple):
+  """Loads only ``params`` from a checkpoint (aggregator state is skipped)."""
+  params: Any

@@ -1,0 +1,36 @@
+r"""Runs a federated training experiment.
+
+  python -m launch.train --workdir=workdirs/mnist_fedavg
+  python -m launch.train --config=launch/configs/mnist_fedavg.py:smoke \
+      --config.rounds=10 --workdir=/tmp/smoke
+  python -m launch.train --workdir=workdirs/mnist_fedavg --resume
+
+Every config key can be overridden as ``--config.KEY=VALUE``; see
+``launch/configs/mnist_fedavg.py`` for the keys and their meaning.
+"""
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'mnist_fedavg.py')
+_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
+                                          'Experiment config file (with :preset).')
+_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/mnist_fedavg', 'Output folder.')
+_RESUME = flags.DEFINE_bool('resume', False,
+                            'Continue from workdir/checkpoint.npz if present.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+  from fl_jax.simulation import train  # pylint: disable=g-import-not-at-top
+  print(f'devices: {jax.devices()}', flush=True)
+  summary = train.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
+  print({k: summary[k] for k in ('round', 'test_accuracy', 'wall_seconds') if k in summary})
+
+
+if __name__ == '__main__':
+  app.run(main)

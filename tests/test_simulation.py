@@ -1,0 +1,183 @@
+"""Server round: FedAvg by hand, vmap == loop, replay, no retrace, resume."""
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fl_jax import aggregators
+from fl_jax import client
+from fl_jax import data as data_lib
+from fl_jax import models
+from fl_jax import simulation
+from fl_jax.adversarial import standard_loss
+from fl_jax.simulation import checkpoint
+from fl_jax.simulation import train as train_lib
+from launch.configs import mnist_fedavg
+
+
+def tiny_clients(num_clients=6, n=10, seed=0):
+  rng = np.random.default_rng(seed)
+  sizes = rng.integers(3, n + 1, size=num_clients)
+  x = rng.uniform(size=(num_clients, n, 4, 4, 1)).astype(np.float32)
+  y = rng.integers(0, 3, size=(num_clients, n)).astype(np.int32)
+  mask = np.arange(n)[None, :] < sizes[:, None]
+  x = np.where(mask[..., None, None, None], x, 0.0)
+  return data_lib.ClientData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask),
+                             jnp.asarray(sizes, jnp.int32))
+
+
+class RoundTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.model = models.get_model('mlp', (4, 4, 1), 3, hidden=(8,))
+    self.params = self.model.init(jax.random.key(0))
+    hp = client.LocalSGD(local_epochs=2, batch_size=4, lr=0.1, momentum=0.9)
+    self.client_update = client.make_client_update(standard_loss(self.model.apply), hp)
+    self.data = tiny_clients()
+
+  def test_fedavg_against_hand_weighted_mean(self):
+    # A client update whose result is known: w_i = w + mean of its real x.
+    def fake_update(params, batch, mask, key, round_idx):
+      del key, round_idx
+      m = mask.astype(jnp.float32)
+      shift = jnp.sum(batch.x.reshape(mask.shape[0], -1).mean(1) * m) / jnp.sum(m)
+      new = jax.tree.map(lambda p: p + shift, params)
+      return new, client.ClientMetrics(jnp.float32(0), jnp.sum(mask).astype(jnp.int32),
+                                       jnp.int32(1))
+    agg = aggregators.weighted_mean()
+    fn = simulation.make_round_fn(fake_update, agg, num_clients=6, clients_per_round=6,
+                                  seed=0)
+    state = simulation.init_server_state(jax.tree.map(jnp.copy, self.params), agg)
+    new_state, rm = fn(state, self.data)  # donates state
+    x = np.asarray(self.data.x).reshape(6, 10, -1).mean(-1)
+    mask = np.asarray(self.data.mask)
+    n = mask.sum(1)
+    shifts = (x * mask).sum(1) / n
+    expected_shift = np.sum(n * shifts) / n.sum()
+    for new, old in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(self.params)):
+      np.testing.assert_allclose(new - old, expected_shift, rtol=1e-5)
+    self.assertEqual(int(new_state.round), 1)
+    self.assertCountEqual(np.asarray(rm.client_ids).tolist(), range(6))
+
+  @parameterized.parameters(('vmap', None), ('map', None), ('map', 2))
+  def test_parallel_round_equals_python_loop(self, mode, chunk):
+    agg = aggregators.weighted_mean()
+    fn = simulation.make_round_fn(self.client_update, agg, num_clients=6,
+                                  clients_per_round=3, seed=3, client_parallel=mode,
+                                  chunk_size=chunk)
+    state = simulation.init_server_state(jax.tree.map(jnp.copy, self.params), agg,
+                                         start_round=5)
+    new_state, rm = fn(state, self.data)
+    # The same round by hand: same keys, a Python loop over the sampled clients.
+    sample_key, train_key = simulation.round_keys(jax.random.key(3), 5)
+    ids = np.asarray(simulation.sample_clients(sample_key, 6, 3))
+    np.testing.assert_array_equal(ids, rm.client_ids)
+    cu = jax.jit(self.client_update)
+    news, ns = [], []
+    for i in ids:
+      new, m = cu(self.params, client.ClientBatch(self.data.x[i], self.data.y[i]),
+                  self.data.mask[i], jax.random.fold_in(train_key, int(i)), 5)
+      news.append(new)
+      ns.append(int(m.num_examples))
+    w = np.array(ns, np.float64) / sum(ns)
+    for k, leaf in enumerate(jax.tree.leaves(new_state.params)):
+      per = [jax.tree.leaves(nw)[k] for nw in news]
+      old = jax.tree.leaves(self.params)[k]
+      expected = old + sum(wi * (p - old) for wi, p in zip(w, per))
+      np.testing.assert_allclose(leaf, expected, rtol=2e-5, atol=2e-6)
+
+  def test_replay_and_no_retrace(self):
+    agg = aggregators.weighted_mean()
+    raw = simulation.make_round_fn(self.client_update, agg, num_clients=6,
+                                   clients_per_round=2, seed=1, jit=False)
+    fn = jax.jit(chex.assert_max_traces(raw, n=1))
+    state = simulation.init_server_state(self.params, agg)
+    s1, m1 = fn(state, self.data)
+    s2, m2 = fn(s1, self.data)
+    s3, _ = fn(s2, self.data)  # a third call must not trace again
+    # Replay round 1 from the state that preceded it.
+    s2b, m2b = fn(s1, self.data)
+    np.testing.assert_array_equal(m2.client_ids, m2b.client_ids)
+    for a, b in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s2b.params)):
+      np.testing.assert_array_equal(a, b)
+    self.assertEqual(int(s3.round), 3)
+
+  @parameterized.parameters(
+      (dict(clients_per_round=7), 'clients_per_round'),
+      (dict(num_clients=0), 'num_clients'),
+      (dict(client_parallel='pmap'), 'pmap'),
+      (dict(chunk_size=0), 'chunk_size'))
+  def test_bad_input(self, override, msg):
+    kwargs = dict(num_clients=6, clients_per_round=2, seed=0)
+    kwargs.update(override)
+    with self.assertRaisesRegex(ValueError, msg):
+      simulation.make_round_fn(self.client_update, aggregators.weighted_mean(), **kwargs)
+
+
+class CheckpointTest(absltest.TestCase):
+
+  def test_round_trip_with_typed_key(self):
+    tree = {'a': jnp.arange(3.0), 'k': jax.random.key(7), 'n': (jnp.int32(4),)}
+    with tempfile.TemporaryDirectory() as d:
+      path = os.path.join(d, 'c.npz')
+      checkpoint.save(path, tree)
+      back = checkpoint.load(path, tree)
+      np.testing.assert_array_equal(back['a'], tree['a'])
+      np.testing.assert_array_equal(jax.random.key_data(back['k']),
+                                    jax.random.key_data(tree['k']))
+      with self.assertRaisesRegex(ValueError, 'shape'):
+        checkpoint.load(path, {**tree, 'a': jnp.zeros(4)})
+
+
+class TrainDriverTest(absltest.TestCase):
+
+  def smoke_config(self, **kw):
+    c = mnist_fedavg.get_config('smoke')
+    c.client_pool_size = 400
+    for k, v in kw.items():
+      c[k] = v
+    return c
+
+  def test_resume_after_interrupt_gives_identical_params(self):
+    with tempfile.TemporaryDirectory() as d:
+      full, part = os.path.join(d, 'full'), os.path.join(d, 'part')
+      s_full = train_lib.train(self.smoke_config(rounds=4), full, log=lambda m: None)
+      train_lib.train(self.smoke_config(rounds=2), part, log=lambda m: None)
+      s_res = train_lib.train(self.smoke_config(rounds=4), part, resume=True,
+                              log=lambda m: None)
+      _, p_full, _ = train_lib.restore(full)
+      _, p_res, cfg = train_lib.restore(part)
+      for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_res)):
+        np.testing.assert_array_equal(a, b)
+      self.assertEqual(s_full['test_accuracy'], s_res['test_accuracy'])
+      self.assertEqual(cfg['rounds'], 4)
+      rows = [json.loads(l) for l in open(os.path.join(part, 'metrics.jsonl'))]
+      self.assertEqual([r['round'] for r in rows], [2, 4])
+      for key in ('round', 'test_accuracy', 'train_loss', 'elapsed_seconds'):
+        self.assertIn(key, rows[-1])
+      summary = json.load(open(os.path.join(part, 'summary.json')))
+      self.assertEqual(summary['rounds'], 4)
+
+  def test_bad_config_values(self):
+    for kw, msg in ((dict(dataset='imagenet'), 'imagenet'),
+                    (dict(model='resnet'), 'resnet'),
+                    (dict(clients_per_round=50), 'clients_per_round'),
+                    (dict(rounds=0), 'rounds'),
+                    (dict(partition='shards'), 'shards')):
+      with self.subTest(kw=kw), self.assertRaisesRegex(ValueError, msg):
+        train_lib.build_experiment(self.smoke_config(**kw))
+
+  def test_partition_that_cannot_fill_clients(self):
+    with self.assertRaisesRegex(ValueError, '30'):
+      train_lib.build_experiment(self.smoke_config(num_clients=30, client_pool_size=20))
+
+
+if __name__ == '__main__':
+  absltest.main()
