@@ -29,6 +29,18 @@ class ModelsTest(parameterized.TestCase):
     for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
       np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-4)
 
+  @parameterized.parameters(*SHAPES)
+  def test_features_feed_the_last_layer(self, name):
+    m = models.get_model(name, SHAPES[name], 10)
+    params = m.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2,) + SHAPES[name])
+    feats = jax.jit(m.features)(params, x)
+    last = jax.tree.leaves(params)[-2:]  # bias, kernel of the last dense layer
+    bias, kernel = sorted(last, key=lambda a: a.ndim)
+    np.testing.assert_allclose(feats @ kernel + bias, jax.jit(m.apply)(params, x),
+                               rtol=1e-4, atol=1e-4)
+    self.assertTrue(np.all(feats >= 0))  # ReLU outputs
+
   def test_parameter_counts_by_hand(self):
     mnist = models.get_model('mnist_cnn', (28, 28, 1), 10)
     # conv 1->16 4x4, conv 16->32 4x4, FC 7*7*32 -> 1000, FC 1000 -> 10.

@@ -76,7 +76,7 @@ class RoundTest(parameterized.TestCase):
                                          start_round=5)
     new_state, rm = fn(state, self.data)
     # The same round by hand: same keys, a Python loop over the sampled clients.
-    sample_key, train_key = simulation.round_keys(jax.random.key(3), 5)
+    sample_key, train_key, _ = simulation.round_keys(jax.random.key(3), 5)
     ids = np.asarray(simulation.sample_clients(sample_key, 6, 3))
     np.testing.assert_array_equal(ids, rm.client_ids)
     cu = jax.jit(self.client_update)
@@ -108,6 +108,43 @@ class RoundTest(parameterized.TestCase):
     for a, b in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s2b.params)):
       np.testing.assert_array_equal(a, b)
     self.assertEqual(int(s3.round), 3)
+
+  def test_attack_hook_rewrites_rows_and_can_force_sampling(self):
+    # Clients 0 and 1 are malicious; the attack forces them into the sample and
+    # replaces their updates by a constant c; with FedAvg the aggregate is then
+    # known by hand from the honest rows.
+    c = 0.25
+    def sample(key, round_idx):
+      del key, round_idx
+      return jnp.array([0, 1, 4], jnp.int32)
+    def apply(params, updates, weights, ids, key, round_idx, attack_data):
+      del params, key, round_idx
+      bad = attack_data[ids]
+      upd = jax.tree.map(lambda u: jnp.where(bad.reshape((-1,) + (1,) * (u.ndim - 1)), c, u),
+                         updates)
+      return upd, weights, {'num_malicious': jnp.sum(bad)}
+    agg = aggregators.weighted_mean()
+    raw = simulation.make_round_fn(self.client_update, agg, num_clients=6,
+                                   clients_per_round=3, seed=0,
+                                   attack=simulation.Attack(sample, apply), jit=False)
+    malicious = jnp.array([True, True, False, False, False, False])
+    state = simulation.init_server_state(self.params, agg)
+    new_state, rm = jax.jit(raw)(state, self.data, malicious)
+    np.testing.assert_array_equal(rm.client_ids, [0, 1, 4])
+    self.assertEqual(int(rm.attack['num_malicious']), 2)
+    # Honest row: client 4 trained as usual with the same key.
+    _, train_key, _ = simulation.round_keys(jax.random.key(0), 0)
+    honest, _ = jax.jit(self.client_update)(
+        self.params, client.ClientBatch(self.data.x[4], self.data.y[4]), self.data.mask[4],
+        jax.random.fold_in(train_key, 4), 0)
+    n = np.asarray(self.data.num_examples)[[0, 1, 4]].astype(np.float64)
+    w = n / n.sum()
+    for new, old, h in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(self.params),
+                           jax.tree.leaves(honest)):
+      expected = old + (w[0] + w[1]) * c + w[2] * (h - old)
+      np.testing.assert_allclose(new, expected, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(rm.update_norms[:2], c * np.sqrt(sum(
+        l.size for l in jax.tree.leaves(self.params))), rtol=1e-5)
 
   @parameterized.parameters(
       (dict(clients_per_round=7), 'clients_per_round'),

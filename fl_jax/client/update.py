@@ -5,8 +5,7 @@ weight decay (PyTorch convention: ``g <- g + wd * w`` before momentum) at the
 learning rate ``lr0 * decay**round`` of the edge-case paper (Wang et al. 2020,
 Table 1). Samples are shuffled with the client's key so that real samples come
 first in random order; padded samples never enter the loss, and a batch made
-only of padding is skipped (parameters and optimiser state kept with
-``jnp.where``), so a client with ``n_i`` samples takes ``ceil(n_i / B)`` steps
+only of padding is skipped (``lax.cond``; a select under ``vmap``), so a client with ``n_i`` samples takes ``ceil(n_i / B)`` steps
 per epoch whatever the padded size.
 """
 from typing import Callable, NamedTuple
@@ -15,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fl_jax import tree_math
 from fl_jax.types import Array, Params, PerExampleLossFn, PRNGKey
 
 
@@ -98,18 +96,20 @@ def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD) -> Callable:
     m = jnp.concatenate([mask, jnp.zeros((pad,), bool)])
     lr = learning_rate(hp, round_idx)
 
-    def step(carry, batch):
+    def sgd_step(carry, bx, by, bm, bkey):
       params, opt_state, loss_sum = carry
+      loss, grads = grad_fn(params, bx, by, bm, bkey)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+      return params, opt_state, loss_sum + loss * jnp.sum(bm)
+
+    def step(carry, batch):
       idx, bkey = batch
       bx, by, bm = x[idx], y[idx], m[idx]
-      loss, grads = grad_fn(params, bx, by, bm, bkey)
-      updates, new_opt = tx.update(grads, opt_state, params)
-      new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
       live = jnp.any(bm)
-      params = tree_math.tree_where(live, new_params, params)
-      opt_state = tree_math.tree_where(live, new_opt, opt_state)
-      loss_sum = loss_sum + loss * jnp.sum(bm)
-      return (params, opt_state, loss_sum), live
+      # A batch of padding only is skipped. Under vmap this becomes a select.
+      carry = jax.lax.cond(live, sgd_step, lambda c, *_: c, carry, bx, by, bm, bkey)
+      return carry, live
 
     def epoch(carry, ekey):
       pkey, bkey = jax.random.split(ekey)

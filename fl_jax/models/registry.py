@@ -20,6 +20,8 @@ class Model(NamedTuple):
     name: registry name.
     init: ``init(key) -> params`` (a nested dict of arrays).
     apply: ``apply(params, x[B, H, W, C]) -> logits[B, num_classes]``.
+    features: ``features(params, x) -> [B, F]``, the penultimate-layer
+      activations (the input of the last dense layer).
     input_shape: ``(H, W, C)``.
     num_classes: number of logits.
   """
@@ -28,6 +30,7 @@ class Model(NamedTuple):
   apply: Callable[[Params, Array], Array]
   input_shape: Tuple[int, ...]
   num_classes: int
+  features: Callable[[Params, Array], Array]
 
 
 def get_model(name: str, input_shape, num_classes: int, *,
@@ -67,7 +70,10 @@ def get_model(name: str, input_shape, num_classes: int, *,
   def apply(params: Params, x: Array) -> Array:
     return nnx.merge(graphdef, params)(x)
 
-  return Model(name, init, apply, input_shape, num_classes)
+  def features(params: Params, x: Array) -> Array:
+    return nnx.merge(graphdef, params).features(x)
+
+  return Model(name, init, apply, input_shape, num_classes, features)
 
 
 def num_params(params: Params) -> int:

@@ -27,11 +27,13 @@ class MnistCNN(nnx.Module):
     self.fc1 = Dense(h * w * 32, 1000, rngs=rngs)
     self.fc2 = Dense(1000, num_classes, rngs=rngs)
 
-  def __call__(self, x):
+  def features(self, x):
     x = jax.nn.relu(self.conv1(x))
     x = jax.nn.relu(self.conv2(x))
-    x = jax.nn.relu(self.fc1(flatten(x)))
-    return self.fc2(x)
+    return jax.nn.relu(self.fc1(flatten(x)))
+
+  def __call__(self, x):
+    return self.fc2(self.features(x))
 
 
 class CifarCNN(nnx.Module):
@@ -49,13 +51,16 @@ class CifarCNN(nnx.Module):
       h, w = conv_out(h, k, s, 1), conv_out(w, k, s, 1)
     self.fcs = dense_stack([h * w * 128, 512, 512, num_classes], rngs=rngs)
 
-  def __call__(self, x):
+  def features(self, x):
     for conv in self.convs:
       x = jax.nn.relu(conv(x))
     x = flatten(x)
     for fc in self.fcs[:-1]:
       x = jax.nn.relu(fc(x))
-    return self.fcs[-1](x)
+    return x
+
+  def __call__(self, x):
+    return self.fcs[-1](self.features(x))
 
 
 class LeNet5(nnx.Module):
@@ -73,13 +78,16 @@ class LeNet5(nnx.Module):
     w = conv_out(conv_out(w, 5, 1, 2) // 2, 5, 1, 0) // 2
     self.fcs = dense_stack([h * w * 16, 120, 84, num_classes], rngs=rngs)
 
-  def __call__(self, x):
+  def features(self, x):
     x = max_pool(jax.nn.relu(self.conv1(x)))
     x = max_pool(jax.nn.relu(self.conv2(x)))
     x = flatten(x)
     for fc in self.fcs[:-1]:
       x = jax.nn.relu(fc(x))
-    return self.fcs[-1](x)
+    return x
+
+  def __call__(self, x):
+    return self.fcs[-1](self.features(x))
 
 
 class VGG9(nnx.Module):
@@ -102,12 +110,15 @@ class VGG9(nnx.Module):
       raise ValueError(f'VGG-9 needs inputs of at least 32x32, got {input_shape}')
     self.fc = Dense(h * w * 512, num_classes, rngs=rngs)
 
-  def __call__(self, x):
+  def features(self, x):
     for i, conv in enumerate(self.convs):
       x = jax.nn.relu(conv(x))
       if i in self.pool_after:
         x = max_pool(x)
-    return self.fc(flatten(x))
+    return flatten(x)
+
+  def __call__(self, x):
+    return self.fc(self.features(x))
 
 
 class MLP(nnx.Module):
@@ -121,11 +132,14 @@ class MLP(nnx.Module):
       size *= s
     self.fcs = dense_stack([size, *hidden, num_classes], rngs=rngs)
 
-  def __call__(self, x):
+  def features(self, x):
     x = flatten(x)
     for fc in self.fcs[:-1]:
       x = jax.nn.relu(fc(x))
-    return self.fcs[-1](x)
+    return x
+
+  def __call__(self, x):
+    return self.fcs[-1](self.features(x))
 
 
 MODELS = {

@@ -1,4 +1,5 @@
 """Federated simulation: the pure round function, the driver, checkpoints."""
+from fl_jax.simulation.round import Attack
 from fl_jax.simulation.round import default_client_parallel
 from fl_jax.simulation.round import init_server_state
 from fl_jax.simulation.round import make_round_fn

@@ -10,7 +10,10 @@
 3. run the pure ``client_update`` on every sampled client, either fully
    vmapped or as ``lax.map`` over chunks of clients (same maths; the chunked map
    is faster on XLA:CPU, a full vmap is what accelerators want);
-4. aggregate the updates ``u_i = w_i - w`` with an :class:`Aggregator`
+4. optionally let an :class:`Attack` rewrite the stacked updates of the
+   sampled malicious clients (masks inside the jitted round, no Python branch
+   per client);
+5. aggregate the updates ``u_i = w_i - w`` with an :class:`Aggregator`
    (FedAvg: ``w + sum_i n_i / n_S (w_i - w)``).
 
 The client axis is the leading axis of every stacked array, so it can be
@@ -42,6 +45,20 @@ class ServerState(NamedTuple):
   agg_state: Any
 
 
+class Attack(NamedTuple):
+  """Malicious behaviour plugged into the round (see ``fl_jax.attacks``).
+
+  Attributes:
+    sample: ``None`` (uniform sampling) or ``sample(key, round) -> ids[m]``,
+      e.g. to force an attacker into every F-th round.
+    apply: ``apply(global_params, updates[m, ...], weights[m], client_ids[m],
+      key, round, attack_data) -> (updates, weights, info)``: rewrites the rows
+      of the sampled malicious clients; ``info`` is a dict of arrays.
+  """
+  sample: Optional[Callable]
+  apply: Callable
+
+
 class RoundMetrics(NamedTuple):
   """Per-round outputs; ``[m]``-shaped fields are per sampled client."""
   client_ids: Array        # [m] int32
@@ -50,6 +67,7 @@ class RoundMetrics(NamedTuple):
   update_norms: Array      # [m] l2 norm of w_i - w
   aggregate_norm: Array    # scalar l2 norm of the applied update
   diagnostics: dict        # the aggregator's diagnostics
+  attack: dict             # the attack's info (empty without an attack)
 
 
 def default_client_parallel() -> str:
@@ -63,9 +81,9 @@ def init_server_state(params: Params, aggregator: agg_lib.Aggregator,
 
 
 def round_keys(seed_key: PRNGKey, round_idx):
-  """``(sample_key, train_key)`` of round ``round_idx``."""
+  """``(sample_key, train_key, attack_key)`` of round ``round_idx``."""
   k = jax.random.fold_in(seed_key, round_idx)
-  return jax.random.split(k)
+  return tuple(jax.random.split(k, 3))
 
 
 def sample_clients(key: PRNGKey, num_clients: int, clients_per_round: int) -> Array:
@@ -107,8 +125,9 @@ def run_clients(client_update: Callable, params: Params, batch: ClientBatch,
 def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
                   num_clients: int, clients_per_round: int, seed: int,
                   client_parallel: Optional[str] = None,
-                  chunk_size: Optional[int] = None, jit: bool = True) -> Callable:
-  """Builds ``round_fn(state, data) -> (state, RoundMetrics)``.
+                  chunk_size: Optional[int] = None, attack: Optional[Attack] = None,
+                  jit: bool = True) -> Callable:
+  """Builds ``round_fn(state, data, attack_data=None) -> (state, RoundMetrics)``.
 
   Args:
     client_update: from :func:`fl_jax.client.make_client_update`.
@@ -118,6 +137,8 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
     seed: the training seed; round keys are ``fold_in(key(seed), round)``.
     client_parallel: ``'vmap'`` or ``'map'``; ``None`` picks by backend.
     chunk_size: clients per vmapped chunk when ``client_parallel='map'``.
+    attack: optional malicious behaviour; ``attack_data`` (any pytree, e.g. the
+      attacker's pooled data) is passed through to ``attack.apply``.
     jit: return the jitted function (server state donated) or the raw one.
 
   ``data`` is a :class:`fl_jax.data.ClientData`-like object with fields
@@ -138,11 +159,14 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
     raise ValueError(f'chunk_size must be a positive int or None, got {chunk_size!r}')
   seed_key = jax.random.key(seed)
 
-  def round_fn(state: ServerState, data) -> tuple:
+  def round_fn(state: ServerState, data, attack_data=None) -> tuple:
     if data.x.shape[0] != num_clients:
       raise ValueError(f'data holds {data.x.shape[0]} clients, expected {num_clients}')
-    sample_key, train_key = round_keys(seed_key, state.round)
-    ids = sample_clients(sample_key, num_clients, clients_per_round)
+    sample_key, train_key, attack_key = round_keys(seed_key, state.round)
+    if attack is not None and attack.sample is not None:
+      ids = attack.sample(sample_key, state.round)
+    else:
+      ids = sample_clients(sample_key, num_clients, clients_per_round)
     batch = ClientBatch(data.x[ids], data.y[ids])
     mask = data.mask[ids]
     keys = jax.vmap(lambda i: jax.random.fold_in(train_key, i))(ids)
@@ -151,13 +175,18 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
                                  chunk_size=chunk_size)
     updates = jax.tree.map(lambda w_i, w: w_i - w[None], new_params, state.params)
     weights = cm.num_examples.astype(jnp.float32)
+    info = {}
+    if attack is not None:
+      updates, weights, info = attack.apply(state.params, updates, weights, ids,
+                                            attack_key, state.round, attack_data)
     agg_update, agg_state, diag = agg_lib.aggregate(aggregator, updates, weights,
                                                     state.agg_state)
     params = tree_math.tree_add(state.params, agg_update)
     metrics = RoundMetrics(
         client_ids=ids, train_loss=cm.train_loss, num_examples=cm.num_examples,
         update_norms=tree_math.stacked_l2_norms(updates),
-        aggregate_norm=tree_math.tree_l2_norm(agg_update), diagnostics=diag)
+        aggregate_norm=tree_math.tree_l2_norm(agg_update), diagnostics=diag,
+        attack=info)
     return ServerState(params, state.round + 1, agg_state), metrics
 
   return jax.jit(round_fn, donate_argnums=0) if jit else round_fn
