@@ -76,7 +76,7 @@ class RoundTest(parameterized.TestCase):
                                          start_round=5)
     new_state, rm = fn(state, self.data)
     # The same round by hand: same keys, a Python loop over the sampled clients.
-    sample_key, train_key, _ = simulation.round_keys(jax.random.key(3), 5)
+    sample_key, train_key, _, _ = simulation.round_keys(jax.random.key(3), 5)
     ids = np.asarray(simulation.sample_clients(sample_key, 6, 3))
     np.testing.assert_array_equal(ids, rm.client_ids)
     cu = jax.jit(self.client_update)
@@ -133,7 +133,7 @@ class RoundTest(parameterized.TestCase):
     np.testing.assert_array_equal(rm.client_ids, [0, 1, 4])
     self.assertEqual(int(rm.attack['num_malicious']), 2)
     # Honest row: client 4 trained as usual with the same key.
-    _, train_key, _ = simulation.round_keys(jax.random.key(0), 0)
+    _, train_key, _, _ = simulation.round_keys(jax.random.key(0), 0)
     honest, _ = jax.jit(self.client_update)(
         self.params, client.ClientBatch(self.data.x[4], self.data.y[4]), self.data.mask[4],
         jax.random.fold_in(train_key, 4), 0)

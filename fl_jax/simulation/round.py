@@ -14,7 +14,10 @@
    sampled malicious clients (masks inside the jitted round, no Python branch
    per client);
 5. aggregate the updates ``u_i = w_i - w`` with an :class:`Aggregator`
-   (FedAvg: ``w + sum_i n_i / n_S (w_i - w)``).
+   (FedAvg: ``w + sum_i n_i / n_S (w_i - w)``);
+6. optionally let a :class:`fl_jax.defender.Defender` measure the candidate
+   model on held-out data and skip the round (keep the old model) if it looks
+   tampered with.
 
 The client axis is the leading axis of every stacked array, so it can be
 sharded across devices with a ``NamedSharding`` on that axis.
@@ -39,10 +42,12 @@ class ServerState(NamedTuple):
     params: global model parameters.
     round: int32 scalar, index of the next round to run.
     agg_state: the aggregator's state (e.g. a DP noise key).
+    defender_state: the defender's reference metrics (``()`` without one).
   """
   params: Params
   round: Array
   agg_state: Any
+  defender_state: Any = ()
 
 
 class Attack(NamedTuple):
@@ -68,6 +73,7 @@ class RoundMetrics(NamedTuple):
   aggregate_norm: Array    # scalar l2 norm of the applied update
   diagnostics: dict        # the aggregator's diagnostics
   attack: dict             # the attack's info (empty without an attack)
+  defender: dict           # the defender's metrics and verdicts (empty without one)
 
 
 def default_client_parallel() -> str:
@@ -75,15 +81,15 @@ def default_client_parallel() -> str:
 
 
 def init_server_state(params: Params, aggregator: agg_lib.Aggregator,
-                      start_round: int = 0) -> ServerState:
+                      start_round: int = 0, defender_state: Any = ()) -> ServerState:
   return ServerState(params, jnp.asarray(start_round, jnp.int32),
-                     aggregator.init(params))
+                     aggregator.init(params), defender_state)
 
 
 def round_keys(seed_key: PRNGKey, round_idx):
-  """``(sample_key, train_key, attack_key)`` of round ``round_idx``."""
+  """``(sample_key, train_key, attack_key, defender_key)`` of a round."""
   k = jax.random.fold_in(seed_key, round_idx)
-  return tuple(jax.random.split(k, 3))
+  return tuple(jax.random.split(k, 4))
 
 
 def sample_clients(key: PRNGKey, num_clients: int, clients_per_round: int) -> Array:
@@ -126,8 +132,10 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
                   num_clients: int, clients_per_round: int, seed: int,
                   client_parallel: Optional[str] = None,
                   chunk_size: Optional[int] = None, attack: Optional[Attack] = None,
-                  jit: bool = True) -> Callable:
-  """Builds ``round_fn(state, data, attack_data=None) -> (state, RoundMetrics)``.
+                  defender: Any = None, jit: bool = True) -> Callable:
+  """Builds ``round_fn(state, data, attack_data=None, defender_data=None)``.
+
+  ``round_fn`` returns ``(new_state, RoundMetrics)``.
 
   Args:
     client_update: from :func:`fl_jax.client.make_client_update`.
@@ -139,6 +147,9 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
     chunk_size: clients per vmapped chunk when ``client_parallel='map'``.
     attack: optional malicious behaviour; ``attack_data`` (any pytree, e.g. the
       attacker's pooled data) is passed through to ``attack.apply``.
+    defender: optional :class:`fl_jax.defender.Defender`; ``defender_data``
+      (its held-out sets) is passed to ``defender.check``. The state's
+      ``defender_state`` must come from ``defender.init``.
     jit: return the jitted function (server state donated) or the raw one.
 
   ``data`` is a :class:`fl_jax.data.ClientData`-like object with fields
@@ -159,10 +170,10 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
     raise ValueError(f'chunk_size must be a positive int or None, got {chunk_size!r}')
   seed_key = jax.random.key(seed)
 
-  def round_fn(state: ServerState, data, attack_data=None) -> tuple:
+  def round_fn(state: ServerState, data, attack_data=None, defender_data=None) -> tuple:
     if data.x.shape[0] != num_clients:
       raise ValueError(f'data holds {data.x.shape[0]} clients, expected {num_clients}')
-    sample_key, train_key, attack_key = round_keys(seed_key, state.round)
+    sample_key, train_key, attack_key, defender_key = round_keys(seed_key, state.round)
     if attack is not None and attack.sample is not None:
       ids = attack.sample(sample_key, state.round)
     else:
@@ -182,11 +193,16 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
     agg_update, agg_state, diag = agg_lib.aggregate(aggregator, updates, weights,
                                                     state.agg_state)
     params = tree_math.tree_add(state.params, agg_update)
+    defender_state, dinfo = state.defender_state, {}
+    if defender is not None:
+      accept, defender_state, dinfo = defender.check(params, state.defender_state,
+                                                     defender_data, defender_key)
+      params = tree_math.tree_where(accept, params, state.params)
     metrics = RoundMetrics(
         client_ids=ids, train_loss=cm.train_loss, num_examples=cm.num_examples,
         update_norms=tree_math.stacked_l2_norms(updates),
         aggregate_norm=tree_math.tree_l2_norm(agg_update), diagnostics=diag,
-        attack=info)
-    return ServerState(params, state.round + 1, agg_state), metrics
+        attack=info, defender=dinfo)
+    return ServerState(params, state.round + 1, agg_state, defender_state), metrics
 
   return jax.jit(round_fn, donate_argnums=0) if jit else round_fn
