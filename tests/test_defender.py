@@ -1,0 +1,91 @@
+"""The defender's accept / skip rule, by hand, and inside the jitted round."""
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fl_jax import aggregators
+from fl_jax import defender as defender_lib
+from fl_jax import simulation
+
+
+def fake_measure(params, data, key):
+  """Metrics read straight off the parameters (so tests can dial them)."""
+  del data, key
+  return {'clean_accuracy': params['acc'], 'certifiable_loss@0.1': params['loss']}
+
+
+def make(**kw):
+  return defender_lib.make_defender(fake_measure, acc_keys=['clean_accuracy'],
+                                    loss_keys=['certifiable_loss@0.1'], **kw)
+
+
+class RuleTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      # (candidate acc, candidate loss, accept) against reference acc 0.9, loss 2.0
+      (0.90, 2.0, True),
+      (0.81, 2.0, True),        # 0.81 >= 0.9 * 0.9
+      (0.80, 2.0, False),       # 0.80 < 0.81
+      (0.95, 2.2, True),        # |2.2 - 2| = 0.2 <= 0.1 * 2 + 1e-3
+      (0.95, 2.21, False),
+      (0.95, 1.79, False),      # the loss may not drop by more than 10% either
+      (0.95, float('nan'), False),
+      (float('nan'), 2.0, False))
+  def test_decisions_by_hand(self, acc, loss, accept):
+    d = make()
+    state = d.init({'acc': jnp.float32(0.9), 'loss': jnp.float32(2.0)}, None, None)
+    ok, new_state, info = jax.jit(d.check)(
+        {'acc': jnp.float32(acc), 'loss': jnp.float32(loss)}, state, None, None)
+    self.assertEqual(bool(ok), accept)
+    self.assertEqual(bool(info['accept']), accept)
+    # The reference moves only on acceptance.
+    expected_ref = acc if accept else 0.9
+    np.testing.assert_allclose(new_state.reference['clean_accuracy'], expected_ref)
+
+  def test_zero_reference_loss_uses_absolute_tolerance(self):
+    d = make(loss_atol=0.01)
+    state = d.init({'acc': jnp.float32(1.0), 'loss': jnp.float32(0.0)}, None, None)
+    ok, _, _ = d.check({'acc': jnp.float32(1.0), 'loss': jnp.float32(0.005)}, state, None, None)
+    self.assertTrue(bool(ok))
+    ok, _, _ = d.check({'acc': jnp.float32(1.0), 'loss': jnp.float32(0.02)}, state, None, None)
+    self.assertFalse(bool(ok))
+
+  @parameterized.parameters(({'acc_ratio': 1.5}, 'acc_ratio'), ({'loss_tol': -1.0}, 'loss_tol'))
+  def test_bad_hyper_parameters(self, kw, msg):
+    with self.assertRaisesRegex(ValueError, msg):
+      make(**kw)
+
+  def test_needs_a_check(self):
+    with self.assertRaisesRegex(ValueError, 'at least one check'):
+      defender_lib.make_defender(fake_measure, acc_keys=[], loss_keys=[])
+
+
+class RoundWithDefenderTest(absltest.TestCase):
+
+  def test_rejected_round_keeps_the_model(self):
+    # Each client "trains" by moving acc down by 0.3: the defender must refuse.
+    def client_update(params, batch, mask, key, round_idx):
+      del batch, key, round_idx
+      new = {'acc': params['acc'] - 0.3, 'loss': params['loss']}
+      from fl_jax.client import ClientMetrics
+      return new, ClientMetrics(jnp.float32(0), jnp.sum(mask).astype(jnp.int32), jnp.int32(1))
+    agg = aggregators.weighted_mean()
+    d = make()
+    fn = simulation.make_round_fn(client_update, agg, num_clients=3, clients_per_round=2,
+                                  seed=0, defender=d, client_parallel='vmap')
+    params = {'acc': jnp.float32(0.9), 'loss': jnp.float32(1.0)}
+    state = simulation.init_server_state(params, agg, defender_state=d.init(params, None, None))
+    from fl_jax.data import ClientData
+    data = ClientData(jnp.zeros((3, 4, 2, 2, 1)), jnp.zeros((3, 4), jnp.int32),
+                      jnp.ones((3, 4), bool), jnp.full((3,), 4, jnp.int32))
+    new_state, rm = fn(state, data)
+    self.assertFalse(bool(rm.defender['accept']))
+    np.testing.assert_allclose(new_state.params['acc'], 0.9)
+    np.testing.assert_allclose(rm.defender['clean_accuracy'], 0.6, rtol=1e-6)
+    self.assertEqual(int(new_state.round), 1)
+
+
+if __name__ == '__main__':
+  absltest.main()
