@@ -43,7 +43,7 @@ REQUIRED_KEYS = (
     'momentum', 'weight_decay', 'adv_train', 'adv_eps', 'adv_steps',
     'adv_step_size', 'adv_fraction', 'aggregator', 'norm_bound', 'dp_sigma',
     'eval_every', 'eval_pgd_eps', 'eval_pgd_steps', 'eval_pgd_restarts',
-    'eval_pgd_points', 'checkpoint_every')
+    'eval_pgd_points', 'checkpoint_every', 'init_checkpoint')
 
 CHECKPOINT = 'checkpoint.npz'
 
@@ -192,7 +192,17 @@ def train(config, workdir: str, resume: bool = False,
   writer = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
   ckpt_path = os.path.join(workdir, CHECKPOINT)
 
-  state = init_server_state(exp.model.init(jax.random.key(cfg['seed'])), exp.aggregator)
+  if cfg['init_checkpoint']:
+    # Warm start from another run's model (same model and dataset).
+    _, params0, init_cfg = restore(cfg['init_checkpoint'])
+    if (init_cfg['model'], init_cfg['dataset']) != (cfg['model'], cfg['dataset']):
+      raise ValueError(f"init_checkpoint {cfg['init_checkpoint']!r} holds a "
+                       f"{init_cfg['model']} on {init_cfg['dataset']}, expected "
+                       f"{cfg['model']} on {cfg['dataset']}")
+    log(f"initial model from {cfg['init_checkpoint']} (round {init_cfg['rounds']})")
+  else:
+    params0 = exp.model.init(jax.random.key(cfg['seed']))
+  state = init_server_state(params0, exp.aggregator)
   elapsed_before = 0.0
   if resume and os.path.exists(ckpt_path):
     state, elapsed_before = ckpt_lib.load(ckpt_path, (state, np.float64(0.0)))

@@ -30,6 +30,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.clients_per_round = 5
   c.rounds = 300
   c.seed = 0                # model init and round keys
+  c.init_checkpoint = ''    # workdir of an earlier run to start from ('' = fresh init)
   c.client_parallel = ''    # '' = by backend (map on CPU, vmap on GPU/TPU)
   c.chunk_size = 0          # clients per vmapped chunk for 'map' (0 = 1)
   # Model and local training.
