@@ -89,6 +89,77 @@ class Experiment(NamedTuple):
   client_update: Callable
   aggregator: agg_lib.Aggregator
   round_fn: Callable
+  attack: Any = None            # simulation.Attack or None
+  attack_data: Any = None       # the attacker's pooled data
+  is_malicious: Any = None      # bool [K] or None
+  defender: Any = None          # defender.Defender or None
+  defender_data: Any = None     # defender.DefenderData or None
+  trigger: Any = None           # the backdoor trigger [H, W, C] or None
+
+
+def build_attack(cfg, model, clients):
+  """The certified-FAT stealthy attack of the config, or ``(None,)*4``."""
+  if not cfg.get('attack'):
+    return None, None, None, None
+  from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+  name = cfg['attack']
+  part = attacks.fixed_pool(cfg['num_clients'], cfg['num_malicious'], cfg['malicious_seed'],
+                            start_round=cfg['attack_start_round'],
+                            min_malicious=cfg['attack_min_malicious'])
+  is_mal = np.asarray(part.is_malicious)
+  mask = np.asarray(clients.mask)[is_mal]
+  x = np.asarray(clients.x)[is_mal][mask]
+  y = np.asarray(clients.y)[is_mal][mask]
+  data = attacks.attacker_data(x, y)
+  hp = client_lib.LocalSGD(cfg['attack_epochs'], cfg['attack_batch_size'], cfg['attack_lr'],
+                           1.0, cfg['momentum'], cfg['weight_decay'])
+  trigger = None
+  if name == 'backdoor':
+    trigger = attacks.stripe_trigger(model.input_shape, cfg['backdoor_magnitude'])
+    craft = attacks.backdoor_craft(
+        model.apply, trigger, cfg['backdoor_target'], hp,
+        poison_fraction=cfg['backdoor_poison_fraction'], adv_fraction=cfg['adv_fraction'],
+        eps=cfg['adv_eps'], steps=cfg['adv_steps'], step_size=cfg['adv_step_size'])
+  elif name == 'distillation':
+    craft = attacks.distillation_craft(model.apply, temperature=cfg['distill_temperature'],
+                                       teacher_hp=hp, student_hp=hp)
+  else:
+    raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor' or 'distillation'")
+  return attacks.make_attack(part, craft), data, is_mal, trigger
+
+
+DEFENDER_CHECKS = ('clean', 'pgd', 'cert_acc', 'cert_loss')
+
+
+def build_defender(cfg, model, cert, val):
+  """The certified defender of the config, or ``(None, None)``."""
+  if not cfg.get('defender'):
+    return None, None
+  from fl_jax import defender as defender_lib  # pylint: disable=g-import-not-at-top
+  checks = [c.strip() for c in cfg['defender_checks'].split(',') if c.strip()]
+  bad = sorted(set(checks) - set(DEFENDER_CHECKS))
+  if bad:
+    raise ValueError(f'unknown defender checks {bad}; expected some of {DEFENDER_CHECKS}')
+  nv, nc = cfg['defender_val_points'], cfg['defender_cert_points']
+  if not 0 < nv <= val.x.shape[0] or not 0 < nc <= cert.x.shape[0]:
+    raise ValueError(f'defender_val_points ({nv}) and defender_cert_points ({nc}) must be '
+                     f'in [1, num_val={val.x.shape[0]}] and [1, num_cert={cert.x.shape[0]}]')
+  flags = {c: c in checks for c in DEFENDER_CHECKS}
+  cert_eps = tuple(float(e) for e in cfg['defender_cert_eps'])
+  measure = defender_lib.make_measure(
+      model.apply, pgd_eps=cfg['adv_eps'], pgd_steps=cfg['defender_pgd_steps'],
+      cert_eps=cert_eps, clean=flags['clean'], pgd=flags['pgd'],
+      cert_acc=flags['cert_acc'], cert_loss=flags['cert_loss'])
+  acc_keys, loss_keys = defender_lib.metric_names(
+      cfg['adv_eps'], cert_eps, clean=flags['clean'], pgd=flags['pgd'],
+      cert_acc=flags['cert_acc'], cert_loss=flags['cert_loss'])
+  d = defender_lib.make_defender(measure, acc_keys=acc_keys, loss_keys=loss_keys,
+                                 acc_ratio=cfg['defender_acc_ratio'],
+                                 loss_tol=cfg['defender_loss_tol'],
+                                 loss_atol=cfg['defender_loss_atol'])
+  data = defender_lib.DefenderData(jnp.asarray(val.x[:nv]), jnp.asarray(val.y[:nv]),
+                                   jnp.asarray(cert.x[:nc]), jnp.asarray(cert.y[:nc]))
+  return d, data
 
 
 def build_loss(cfg, apply_fn):
@@ -143,13 +214,16 @@ def build_experiment(config) -> Experiment:
                            cfg['lr_decay'], cfg['momentum'], cfg['weight_decay'])
   client_update = client_lib.make_client_update(build_loss(cfg, model.apply), hp)
   aggregator = build_aggregator(cfg)
+  attack, attack_data, is_malicious, trigger = build_attack(cfg, model, clients)
+  defender, defender_data = build_defender(cfg, model, cert, val)
   round_fn = make_round_fn(
       client_update, aggregator, num_clients=cfg['num_clients'],
       clients_per_round=cfg['clients_per_round'], seed=cfg['seed'],
       client_parallel=cfg['client_parallel'] or None,
-      chunk_size=cfg['chunk_size'] or None)
+      chunk_size=cfg['chunk_size'] or None, attack=attack, defender=defender)
   return Experiment(cfg, model, clients, test_ds, cert, val, client_update,
-                    aggregator, round_fn)
+                    aggregator, round_fn, attack, attack_data, is_malicious,
+                    defender, defender_data, trigger)
 
 
 def evaluate(exp: Experiment, params, round_idx: int) -> dict:
@@ -157,6 +231,11 @@ def evaluate(exp: Experiment, params, round_idx: int) -> dict:
   cfg = exp.config
   out = {'test_accuracy': float(metrics_lib.accuracy(exp.model.apply, params,
                                                      exp.test.x, exp.test.y))}
+  if exp.trigger is not None:
+    from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+    out['backdoor_success'] = float(attacks.backdoor_success_rate(
+        exp.model.apply, params, exp.test.x, exp.test.y, exp.trigger,
+        cfg['backdoor_target']))
   if cfg['eval_pgd_eps']:
     n = min(cfg['eval_pgd_points'], exp.test.x.shape[0])
     key = jax.random.fold_in(jax.random.key(cfg['seed'] + 1), round_idx)
@@ -202,7 +281,11 @@ def train(config, workdir: str, resume: bool = False,
     log(f"initial model from {cfg['init_checkpoint']} (round {init_cfg['rounds']})")
   else:
     params0 = exp.model.init(jax.random.key(cfg['seed']))
-  state = init_server_state(params0, exp.aggregator)
+  defender_state = ()
+  if exp.defender is not None:
+    defender_state = exp.defender.init(params0, exp.defender_data,
+                                       jax.random.key(cfg['seed'] + 2))
+  state = init_server_state(params0, exp.aggregator, defender_state=defender_state)
   elapsed_before = 0.0
   if resume and os.path.exists(ckpt_path):
     state, elapsed_before = ckpt_lib.load(ckpt_path, (state, np.float64(0.0)))
@@ -213,14 +296,29 @@ def train(config, workdir: str, resume: bool = False,
     os.remove(writer.path)
 
   data = jax.device_put(exp.clients)
+  per_round = exp.attack is not None or exp.defender is not None
+  round_writer = JsonlWriter(os.path.join(workdir, 'rounds.jsonl'))
+  if resume and os.path.exists(ckpt_path):
+    round_writer.truncate_after(int(state.round))
+  elif os.path.exists(round_writer.path):
+    os.remove(round_writer.path)
   rounds = cfg['rounds']
   losses, last = [], None
   t_loop = time.time()
   t_window, r_window = time.time(), int(state.round)
   while int(state.round) < rounds:
-    state, rm = exp.round_fn(state, data)
+    state, rm = exp.round_fn(state, data, exp.attack_data, exp.defender_data)
     losses.append(rm.train_loss)
     r = int(state.round)  # rounds done
+    if per_round:  # every attack and every defender decision, with its figures
+      rec = {'round': r, 'client_ids': rm.client_ids, **{f'attack/{k}': v for k, v in
+             rm.attack.items() if k in ('active', 'num_malicious', 'crafted_norm')},
+             **{f'defender/{k}': v for k, v in rm.defender.items()}}
+      if exp.defender is not None:
+        failed = [k[3:] for k, v in rm.defender.items() if k.startswith('ok/') and not bool(v)]
+        rec['defender/reason'] = 'accepted' if bool(rm.defender['accept']) else (
+            'rejected: ' + (', '.join(failed) if failed else 'non-finite metric'))
+      round_writer.write(rec)
     if r % cfg['eval_every'] == 0 or r == rounds:
       ev = evaluate(exp, state.params, r)
       train_loss = float(jnp.mean(jnp.stack(losses)))

@@ -58,6 +58,33 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.gm_max_iters = 500
   c.norm_bound = 0.0        # norm-difference clipping M (0 = off)
   c.dp_sigma = 0.0          # weak DP noise std (0 = off)
+  # Stealthy attack of the certified-FAT paper ('' | 'backdoor' | 'distillation'):
+  # a fixed pool of malicious clients, active from attack_start_round whenever
+  # at least attack_min_malicious of them are sampled together; they all send
+  # one crafted model, trained on their pooled data from the global model.
+  c.attack = ''
+  c.num_malicious = 175
+  c.malicious_seed = 0
+  c.attack_start_round = 0
+  c.attack_min_malicious = 3
+  c.attack_epochs = 1
+  c.attack_lr = 0.05
+  c.attack_batch_size = 64
+  c.backdoor_target = 0
+  c.backdoor_magnitude = 0.1    # L_inf of the stripe trigger (MNIST 0.1)
+  c.backdoor_poison_fraction = 0.2
+  c.distill_temperature = 100.0
+  # Certified defender (certified-FAT Section 3): checks every aggregate on the
+  # held-out sets and skips the round if it looks tampered with.
+  c.defender = False
+  c.defender_val_points = 500   # of the num_val validation points (paper: all 5000)
+  c.defender_cert_points = 100  # of the num_cert certification points (paper: 1000)
+  c.defender_cert_eps = (0.1,)
+  c.defender_pgd_steps = 10
+  c.defender_acc_ratio = 0.9
+  c.defender_loss_tol = 0.1
+  c.defender_loss_atol = 1e-3
+  c.defender_checks = 'clean,pgd,cert_acc,cert_loss'
   # Evaluation.
   c.eval_every = 25
   c.eval_pgd_eps = ()       # e.g. (0.25,) to report PGD accuracy
