@@ -97,34 +97,46 @@ class Experiment(NamedTuple):
   trigger: Any = None           # the backdoor trigger [H, W, C] or None
 
 
-def build_attack(cfg, model, clients):
-  """The certified-FAT stealthy attack of the config, or ``(None,)*4``."""
-  if not cfg.get('attack'):
-    return None, None, None, None
+def build_craft(cfg, model):
+  """The crafting function of ``cfg['attack']`` and the trigger (or None)."""
   from fl_jax import attacks  # pylint: disable=g-import-not-at-top
   name = cfg['attack']
-  part = attacks.fixed_pool(cfg['num_clients'], cfg['num_malicious'], cfg['malicious_seed'],
-                            start_round=cfg['attack_start_round'],
-                            min_malicious=cfg['attack_min_malicious'])
-  is_mal = np.asarray(part.is_malicious)
-  mask = np.asarray(clients.mask)[is_mal]
-  x = np.asarray(clients.x)[is_mal][mask]
-  y = np.asarray(clients.y)[is_mal][mask]
-  data = attacks.attacker_data(x, y)
   hp = client_lib.LocalSGD(cfg['attack_epochs'], cfg['attack_batch_size'], cfg['attack_lr'],
                            1.0, cfg['momentum'], cfg['weight_decay'])
-  trigger = None
   if name == 'backdoor':
     trigger = attacks.stripe_trigger(model.input_shape, cfg['backdoor_magnitude'])
     craft = attacks.backdoor_craft(
         model.apply, trigger, cfg['backdoor_target'], hp,
         poison_fraction=cfg['backdoor_poison_fraction'], adv_fraction=cfg['adv_fraction'],
         eps=cfg['adv_eps'], steps=cfg['adv_steps'], step_size=cfg['adv_step_size'])
-  elif name == 'distillation':
-    craft = attacks.distillation_craft(model.apply, temperature=cfg['distill_temperature'],
-                                       teacher_hp=hp, student_hp=hp)
-  else:
-    raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor' or 'distillation'")
+    return craft, trigger
+  if name == 'distillation':
+    return attacks.distillation_craft(model.apply, temperature=cfg['distill_temperature'],
+                                      teacher_hp=hp, student_hp=hp), None
+  raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor' or 'distillation'")
+
+
+def attacker_pool(cfg, clients):
+  """``(is_malicious[K], pooled AttackerData)`` of the config's malicious pool."""
+  from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+  is_mal = attacks.malicious_pool(cfg['num_clients'], cfg['num_malicious'],
+                                  cfg['malicious_seed'])
+  mask = np.asarray(clients.mask)[is_mal]
+  data = attacks.attacker_data(np.asarray(clients.x)[is_mal][mask],
+                               np.asarray(clients.y)[is_mal][mask])
+  return is_mal, data
+
+
+def build_attack(cfg, model, clients):
+  """``(Attack, attack_data, is_malicious, trigger)`` of the config, or Nones."""
+  if not cfg.get('attack'):
+    return None, None, None, None
+  from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+  is_mal, data = attacker_pool(cfg, clients)
+  part = attacks.fixed_pool(cfg['num_clients'], cfg['num_malicious'], cfg['malicious_seed'],
+                            start_round=cfg['attack_start_round'],
+                            min_malicious=cfg['attack_min_malicious'], is_malicious=is_mal)
+  craft, trigger = build_craft(cfg, model)
   return attacks.make_attack(part, craft), data, is_mal, trigger
 
 
@@ -239,12 +251,16 @@ def evaluate(exp: Experiment, params, round_idx: int) -> dict:
   if cfg['eval_pgd_eps']:
     n = min(cfg['eval_pgd_points'], exp.test.x.shape[0])
     key = jax.random.fold_in(jax.random.key(cfg['seed'] + 1), round_idx)
-    accs = metrics_lib.pgd_accuracy(
-        exp.model.apply, params, exp.test.x[:n], exp.test.y[:n], key,
-        list(cfg['eval_pgd_eps']), steps=cfg['eval_pgd_steps'],
-        restarts=cfg['eval_pgd_restarts'])
-    for eps, acc in accs.items():
-      out[f'pgd_accuracy@{float(eps):g}'] = float(acc)
+    temps = [('pgd_accuracy', 1.0)]
+    if cfg.get('eval_pgd_temperature'):  # the distillation attacker's view
+      temps.append(('temp_pgd_accuracy', cfg['eval_pgd_temperature']))
+    for name, t in temps:
+      accs = metrics_lib.pgd_accuracy(
+          exp.model.apply, params, exp.test.x[:n], exp.test.y[:n], key,
+          list(cfg['eval_pgd_eps']), steps=cfg['eval_pgd_steps'],
+          restarts=cfg['eval_pgd_restarts'], temperature=t)
+      for eps, acc in accs.items():
+        out[f'{name}@{float(eps):g}'] = float(acc)
   return out
 
 
