@@ -69,22 +69,27 @@ def weighted_mean() -> Aggregator:
   Decentralized Data". With ``u_i = w_i - w`` the new model is
   ``w + sum_i n_i / n_S (w_i - w)``. If every client is absent (all weights
   zero or non-finite) the result is the zero update (the model stays).
+  Accumulates in float32 and casts back to each leaf's dtype. Non-finite
+  clients are skipped without copying the stack: the zeroed copy of
+  :func:`sanitize` is only built (under ``lax.cond``) when some client is
+  non-finite.
 
-  Diagnostics: ``num_excluded`` (clients dropped as non-finite).
+  Diagnostics: ``num_excluded`` (absent clients: non-finite or zero weight, as
+  for every rule of this package).
   """
+  from fl_jax.aggregators import _common  # pylint: disable=g-import-not-at-top
 
   def init(template):
     del template
     return EmptyState()
 
   def update(updates, weights, state):
-    updates, weights, finite = sanitize(updates, weights)
+    _common.num_clients(updates, weights)
+    weights, present, all_finite = _common.prepare(updates, weights)
     total = jnp.sum(weights)
     coef = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
-    mean = tree_math.stacked_weighted_sum(updates, coef)
-    out = jax.tree.map(lambda x: x[None], mean)
-    diag = {'num_excluded': jnp.sum(~finite)}
-    return out, total[None], state, diag
+    out = _common.weighted_rows(updates, coef, present, all_finite)
+    return out, total[None], state, _common.diagnostics(present)
 
   return Aggregator(init, update)
 

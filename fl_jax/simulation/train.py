@@ -111,8 +111,9 @@ def build_craft(cfg, model):
         eps=cfg['adv_eps'], steps=cfg['adv_steps'], step_size=cfg['adv_step_size'])
     return craft, trigger
   if name == 'distillation':
+    dhp = hp._replace(local_epochs=cfg['distill_epochs'], lr=cfg['distill_lr'])
     return attacks.distillation_craft(model.apply, temperature=cfg['distill_temperature'],
-                                      teacher_hp=hp, student_hp=hp), None
+                                      teacher_hp=dhp, student_hp=dhp), None
   raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor' or 'distillation'")
 
 

@@ -1,0 +1,103 @@
+r"""Points per second and peak memory of fl_jax.certification.
+
+For the MNIST and CIFAR-10 CNNs of the certified-FAT paper (Appendix D,
+padding 1), every domain, chunk size and eps, it prints the points certified
+per second (after compilation; the compile time is printed once per setting),
+XLA's FLOPs per point and the achieved GFLOP/s, the peak temporary memory of
+the compiled program (XLA memory analysis: what one chunk needs) and the
+process's peak resident memory so far.
+
+Speed does not depend on the weights (all shapes are static), so freshly
+initialised models are used; the points are the first test images (MNIST
+from the repo's data folder; CIFAR-10 if it is available, else uniform
+noise of the right shape).
+
+  python benchmarks/certify.py
+  python benchmarks/certify.py --models=mnist_cnn --chunk_sizes=10,50 \
+      --eps=0.02,0.1 --num_points=100
+"""
+import resource
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fl_jax import certification
+from fl_jax import data as data_lib
+from fl_jax import models
+
+_MODELS = flags.DEFINE_list('models', ['mnist_cnn', 'cifar_cnn'],
+                            'mnist_cnn and / or cifar_cnn.')
+_DOMAINS = flags.DEFINE_list('domains', ['zonotope', 'interval'], 'Domains.')
+_EPS = flags.DEFINE_list('eps', ['0.02', '0.05', '0.1'],
+                         'Radii (CIFAR-10 uses eps / 10, i.e. ~0.5-2.5/255).')
+_CHUNKS = flags.DEFINE_list('chunk_sizes', ['10', '50'],
+                            'Chunk sizes for MNIST (CIFAR-10 uses /25).')
+_NUM = flags.DEFINE_integer('num_points', 100,
+                            'MNIST points (CIFAR-10 uses a 25th).')
+_CONV = flags.DEFINE_string('conv_impl', '', 'patches | xla (default: backend).')
+
+# name -> (data set, input shape, points / chunk divisor, eps scale)
+_SPECS = {'mnist_cnn': ('mnist', (28, 28, 1), 1, 1.0),
+          'cifar_cnn': ('cifar10', (32, 32, 3), 25, 0.1)}
+
+
+def _points(dataset, shape, n):
+  try:
+    ds = data_lib.load_dataset(dataset, 'test')
+    return jnp.asarray(ds.x[:n]), jnp.asarray(ds.y[:n]), 'test images'
+  except (data_lib.DataNotFoundError, ValueError, ImportError):
+    x = jax.random.uniform(jax.random.key(0), (n,) + shape)
+    return x, jnp.zeros((n,), jnp.int32), 'uniform noise'
+
+
+def _peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv):
+  del argv
+  for name in _MODELS.value:
+    dataset, shape, shrink, eps_scale = _SPECS[name]
+    model = models.get_model(name, shape, 10, conv_impl=_CONV.value or None)
+    params = model.init(jax.random.key(0))
+    n = max(1, _NUM.value // shrink)
+    x, y, what = _points(dataset, shape, n)
+    print(f'== {name}: {n} points ({what}), conv impl '
+          f'{_CONV.value or models.default_conv_impl()}', flush=True)
+    for domain in _DOMAINS.value:
+      for chunk in sorted({max(1, min(n, int(c) // shrink))
+                           for c in _CHUNKS.value}):
+        fn = jax.jit(lambda p, a, b, e, d=domain, c=chunk: certification.certify(
+            model.apply, p, a, b, e, domain=d, chunk_size=c))
+        t0 = time.perf_counter()
+        compiled = fn.lower(params, x, y, 0.0).compile()
+        compile_s = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        temp_mib = (getattr(mem, 'temp_size_in_bytes', 0) or 0) / 2**20
+        cost = compiled.cost_analysis()
+        if isinstance(cost, (list, tuple)):
+          cost = cost[0]
+        flops = float(cost.get('flops', float('nan'))) / n
+        print(f'  {domain:8s} chunk {chunk:3d}: compile {compile_s:5.1f} s, '
+              f'{flops / 1e9:7.3f} GFLOP/point, XLA temp memory '
+              f'{temp_mib:8.1f} MiB', flush=True)
+        for e in _EPS.value:
+          eps = float(e) * eps_scale
+          t0, c0 = time.perf_counter(), time.process_time()
+          res = jax.block_until_ready(compiled(params, x, y, eps))
+          sec = time.perf_counter() - t0
+          cpu = time.process_time() - c0
+          acc = float(np.mean(np.asarray(res.certified & res.correct)))
+          print(f'    eps {eps:.4f}: {n / sec:8.2f} points/s '
+                f'({sec / n * 1e3:8.2f} ms/point, CPU {cpu / n * 1e3:8.2f} '
+                f'ms/point, {flops / (sec / n) / 1e9:5.1f} GFLOP/s), '
+                f'certified accuracy {acc:.2f}, peak RSS {_peak_rss_mib():.0f} '
+                'MiB', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
