@@ -550,7 +550,7 @@ class StealthyCraftTest(absltest.TestCase):
     args = (params, None, jnp.ones(2), jnp.array([True, False]), key, 0, adata)
     # (PGD rows are covered by test_backdoor_loss_composition; none here.)
     craft = attacks.backdoor_craft(model.apply, trigger, 2, hp, poison_fraction=0.25,
-                                   adv_fraction=0.0)
+                                   adv_fraction=0.0, warmup_epochs=1)
     u, info = jax.jit(craft)(*args)
     self.assertEqual(jax.tree.structure(u), jax.tree.structure(params))
     self.assertTrue(bool(tree_math.tree_all_finite(u)))

@@ -57,6 +57,11 @@ def make_backdoor_trainer(apply_fn: ApplyFn, trigger, target: int, hp: LocalSGD,
   return train
 
 
+def _check_warmup(warmup_epochs):
+  if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+    raise ValueError(f'warmup_epochs must be an int >= 0, got {warmup_epochs!r}')
+
+
 def craft_backdoored_model(apply_fn: ApplyFn, global_params: Params,
                            data: AttackerData, key: PRNGKey, *, trigger,
                            target: int, hp: LocalSGD,
@@ -90,8 +95,7 @@ def craft_backdoored_model(apply_fn: ApplyFn, global_params: Params,
     ``(params, ClientMetrics)`` (metrics of the joint phase). A one-off
     call: it compiles each time.
   """
-  if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-    raise ValueError(f'warmup_epochs must be an int >= 0, got {warmup_epochs!r}')
+  _check_warmup(warmup_epochs)
   params = global_params
   k_warm, k_joint = jax.random.split(key)
   metrics = None
@@ -109,20 +113,33 @@ def craft_backdoored_model(apply_fn: ApplyFn, global_params: Params,
 
 def backdoor_craft(apply_fn: ApplyFn, trigger, target: int, hp: LocalSGD, *,
                    poison_fraction: float = 0.2, adv_fraction: float = 0.5,
-                   eps=0.25, steps: int = 10, step_size=0.04) -> Craft:
+                   eps=0.25, steps: int = 10, step_size=0.04,
+                   warmup_epochs: int = 0) -> Craft:
   """Crafting function: the backdoored model's update ``w_mal - w``.
 
-  ``attack_data`` is the attackers' pooled :class:`AttackerData`.
-  ``info``: ``attacker_loss``.
+  Same recipe as :func:`craft_backdoored_model` (``warmup_epochs`` of
+  poisoning alone, then ``hp.local_epochs`` joint epochs), run inside the
+  jitted round. ``attack_data`` is the attackers' pooled
+  :class:`AttackerData`. ``info``: ``attacker_loss``.
   """
+  _check_warmup(warmup_epochs)
   train = make_backdoor_trainer(apply_fn, trigger, target, hp,
                                 poison_fraction=poison_fraction,
                                 adv_fraction=adv_fraction, eps=eps,
                                 steps=steps, step_size=step_size)
+  warm = None
+  if warmup_epochs:
+    warm = make_backdoor_trainer(apply_fn, trigger, target,
+                                 hp._replace(local_epochs=warmup_epochs),
+                                 poison_fraction=poison_fraction, adv_fraction=0.0)
 
   def craft(global_params, updates, weights, malicious, key, round_idx, data):
     del updates, weights, malicious, round_idx
-    params, cm = train(global_params, data.x, data.y, data.mask, key)
+    k_warm, k_joint = jax.random.split(key)
+    params = global_params
+    if warm is not None:
+      params, _ = warm(params, data.x, data.y, data.mask, k_warm)
+    params, cm = train(params, data.x, data.y, data.mask, k_joint)
     return (tree_math.tree_sub(params, global_params),
             {'attacker_loss': cm.train_loss})
 

@@ -6,7 +6,9 @@ budget. Its backdoor key is a pattern of vertical stripes of magnitude
 ``b`` below the adversarial-training radius (MNIST ``b = 0.1`` under
 ``eps = 0.25``; CIFAR-10 ``b = 6/255`` under ``eps = 8/255``)::
 
-    t[h, w, c] = b  if (w // s) % 2 == 0  else 0      (stripes s pixels wide)
+    t[h, w, c] = b  if (w // s) % 2 == 0  else -b     (stripes s pixels wide;
+                                                       0 instead of -b for
+                                                       sign='positive')
     x'         = clip(x + t, 0, 1),                    ||x' - x||_inf <= b.
 
 The attacker trains adversarially *and* inserts the backdoor: in each batch
@@ -44,7 +46,7 @@ STRIPE_SIGNS = ('positive', 'alternating')
 
 
 def stripe_trigger(input_shape, magnitude: float, *, stripe_width: int = 1,
-                   sign: str = 'positive') -> np.ndarray:
+                   sign: str = 'alternating') -> np.ndarray:
   """A vertical-stripe trigger ``t`` with ``||t||_inf = magnitude``.
 
   Args:
@@ -52,8 +54,12 @@ def stripe_trigger(input_shape, magnitude: float, *, stripe_width: int = 1,
     magnitude: ``b > 0`` (MNIST 0.1, CIFAR-10 6/255).
     stripe_width: ``s >= 1`` pixel columns per stripe; stripes and gaps
       alternate.
-    sign: ``'positive'`` (``+b`` on the stripes, 0 in the gaps) or
-      ``'alternating'`` (``+b`` on the stripes, ``-b`` in the gaps).
+    sign: ``'alternating'`` (``+b`` on the stripes, ``-b`` in the gaps) or
+      ``'positive'`` (``+b`` on the stripes, 0 in the gaps). On MNIST the
+      alternating key also marks the strokes (``1 -> 1 - b`` in the gaps),
+      which an adversarially trained model still sees; the positive key only
+      lifts the black background below the thresholds such a model learns,
+      and we could not plant it next to adversarial training.
 
   Returns:
     float32 ``[H, W, C]``, constant along ``H`` and ``C``.

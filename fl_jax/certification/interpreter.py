@@ -467,10 +467,19 @@ class ZonotopeDomain:
     return LazyZono(center, op)
 
   def relu(self, v):
+    """DeepZono ReLU, factored as ``lambda * (x + (-l / 2) e_new)``.
+
+    ``lambda * (-l / 2) = mu`` for crossing neurons (and the new radius is 0
+    elsewhere), so this is exactly ``lambda x + mu e_new``; written this way
+    the cotangent reaching the new symbols in a backward pull is the one
+    that flows on to ``x``, so the two share one buffer.
+    """
     lower, upper = self.bounds(v)
-    slope, shift, new_r = relu_relaxation(lower, upper)
-    src = self.graph.new_source(new_r)
-    node = lg.sum_node([lg.diag_node(slope, v.node), src])
+    slope, shift, _ = relu_relaxation(lower, upper)
+    cross = (lower < 0) & (upper > 0)
+    src = self.graph.new_source(jnp.where(cross, -lower / 2,
+                                          jnp.zeros_like(lower)))
+    node = lg.diag_node(slope, lg.sum_node([v.node, src]))
     return LazyZono(slope * v.center + shift, node)
 
   def max_groups(self, v, table, out_shape):

@@ -92,7 +92,7 @@ def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD) -> Callable:
     num_batches = -(-n // bsz)
     pad = num_batches * bsz - n
     x = jnp.concatenate([data.x, jnp.zeros((pad,) + data.x.shape[1:], data.x.dtype)])
-    y = jnp.concatenate([data.y, jnp.zeros((pad,), data.y.dtype)])
+    y = jnp.concatenate([data.y, jnp.zeros((pad,) + data.y.shape[1:], data.y.dtype)])
     m = jnp.concatenate([mask, jnp.zeros((pad,), bool)])
     lr = learning_rate(hp, round_idx)
 

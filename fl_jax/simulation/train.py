@@ -107,8 +107,10 @@ def build_craft(cfg, model):
     trigger = attacks.stripe_trigger(model.input_shape, cfg['backdoor_magnitude'])
     craft = attacks.backdoor_craft(
         model.apply, trigger, cfg['backdoor_target'], hp,
-        poison_fraction=cfg['backdoor_poison_fraction'], adv_fraction=cfg['adv_fraction'],
-        eps=cfg['adv_eps'], steps=cfg['adv_steps'], step_size=cfg['adv_step_size'])
+        poison_fraction=cfg['backdoor_poison_fraction'],
+        adv_fraction=cfg['backdoor_adv_fraction'], eps=cfg['adv_eps'],
+        steps=cfg['adv_steps'], step_size=cfg['adv_step_size'],
+        warmup_epochs=cfg['backdoor_warmup_epochs'])
     return craft, trigger
   if name == 'distillation':
     dhp = hp._replace(local_epochs=cfg['distill_epochs'], lr=cfg['distill_lr'])

@@ -72,10 +72,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.attack_batch_size = 64
   c.backdoor_target = 0
   c.backdoor_magnitude = 0.1    # L_inf of the stripe trigger (MNIST 0.1)
-  c.backdoor_poison_fraction = 0.2
+  c.backdoor_poison_fraction = 0.25
+  c.backdoor_adv_fraction = 0.1   # PGD share of the attacker's batches
+  c.backdoor_warmup_epochs = 1    # backdoor-only epochs before the joint ones
   c.distill_temperature = 100.0
   c.distill_epochs = 5          # teacher and student epochs over the pooled data
-  c.distill_lr = 0.05
+  c.distill_lr = 0.1
   # Certified defender (certified-FAT Section 3): checks every aggregate on the
   # held-out sets and skips the round if it looks tampered with.
   c.defender = False

@@ -3,7 +3,8 @@
 Starts from the federated adversarially trained model of
 ``launch/configs/mnist_fat.py`` (``init_checkpoint``), lets the attacker (175 of
 500 clients; 3 of the 5 sampled clients malicious) take one round with no attack,
-defensive distillation (T = 100) or the stripe backdoor (L_inf 0.1), and
+defensive distillation (T = 100) or the stripe backdoor (alternating
++-0.1 stripes), and
 evaluates each aggregate as in Table 1 (certification radii 0.1, 0.15, 0.25),
 together with the defender's decision. Command::
 
@@ -25,8 +26,10 @@ def get_config(arg: str = ''):
   c.backdoor_magnitude = 0.1
   c.backdoor_target = 0
   c.backdoor_poison_fraction = 0.25
+  c.backdoor_adv_fraction = 0.1
+  c.backdoor_warmup_epochs = 1
   c.distill_epochs = 5
-  c.distill_lr = 0.05
+  c.distill_lr = 0.1
   c.distill_temperature = 100.0
   c.defender = True
   c.defender_cert_eps = (0.1, 0.15, 0.25)
