@@ -103,10 +103,15 @@ def _output_of(apply_fn, params, x_shape, dtype):
   return jax.make_jaxpr(apply_fn)(params, example)
 
 
-def _run(closed, params, x, eps, lo, hi, domain, strategy, max_block_elems):
+# Target elements (per chunk) of one backward row block: small enough for the
+# memory-bound passes over the cotangents to stay in the last-level cache.
+ROW_BLOCK_ELEMS = 1 << 22
+
+
+def _run(closed, params, x, eps, lo, hi, domain, strategy, budgets):
   """Propagates one point; (domain object, output abstract value)."""
   if domain == 'zonotope':
-    graph = linear_graph.Graph(strategy, max_block_elems)
+    graph = linear_graph.Graph(strategy, *budgets)
     dom = interpreter.ZonotopeDomain(graph)
   else:
     graph = None
@@ -134,9 +139,8 @@ def _zonotope_of(graph, out) -> Zonotope:
 
 
 def _one_point(closed, apply_fn, params, x, y, eps, lo, hi, domain, strategy,
-               max_block_elems, what):
-  graph, out = _run(closed, params, x, eps, lo, hi, domain, strategy,
-                    max_block_elems)
+               budgets, what):
+  graph, out = _run(closed, params, x, eps, lo, hi, domain, strategy, budgets)
   if domain == 'zonotope':
     z = _zonotope_of(graph, out)
     if what == 'propagate':
@@ -178,12 +182,13 @@ def _batched(apply_fn, params, x, y, eps, lo, hi, *, domain, strategy,
     y = jnp.zeros((n,), jnp.int32)
 
   chunk = min(chunk_size or n, n)
-  per_point = max(1, max_block_elems // chunk)
+  budgets = (max(1, max_block_elems // chunk),
+             max(1, min(ROW_BLOCK_ELEMS, max_block_elems) // chunk))
 
   def one(args):
     xi, yi, ei = args
     return _one_point(closed, apply_fn, params, xi, yi, ei, lo, hi, domain,
-                      strategy, per_point, what)
+                      strategy, budgets, what)
   return jax.lax.map(one, (x, y, eps), batch_size=chunk)
 
 
@@ -221,11 +226,11 @@ def propagate(apply_fn: ApplyFn, params: Params, x: Array, eps, *,
       another with ``lax.map``. ``None``: all at once.
     strategy: association order of the generator products (``'auto'``,
       ``'forward'``, ``'backward'``); same numbers, different speed.
-    max_block_elems: memory cap (array elements) of one intermediate of a
-      chunk: the backward products run in row blocks of at most this size
-      (split over the chunk's points), and forward generators larger than it
-      are not materialised. The default (2^26, 256 MiB in float32) keeps the
-      MNIST CNN at chunk 100 within about 2 GiB.
+    max_block_elems: memory cap (array elements, summed over the chunk's
+      points) of forward generators; larger ones are pulled backward instead,
+      in row blocks of at most ``min(2^22, max_block_elems)`` elements per
+      chunk. The default (2^26, 256 MiB in float32) keeps every intermediate
+      of a chunk below that size.
 
   Returns:
     ``Zonotope(center[B, Q], generators[B, K, Q])`` with ``K`` = input size +
