@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fl_jax import aggregators as agg_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fl_jax import aggregators as agg_lib  # pylint: disable=wrong-import-position
 
 PAPER_VGG9_PARAMS = 3_491_530
 BLOCK = 1 << 16
@@ -171,13 +171,15 @@ def make_updates(num_clients, dim, seed):
     source = '--dim'
   leaves, treedef = jax.tree.flatten(shapes)
   key = jax.random.key(seed)
-  scale = jax.random.uniform(jax.random.fold_in(key, 1_000_001), (num_clients,), minval=0.5, maxval=2.0)
+  scale = jax.random.uniform(jax.random.fold_in(key, 1_000_001), (num_clients,),
+                             minval=0.5, maxval=2.0)
   out = []
   for i, s in enumerate(leaves):
     x = jax.random.normal(jax.random.fold_in(key, i), (num_clients,) + s.shape, jnp.float32)
     out.append(x * (1e-2 * scale).reshape((-1,) + (1,) * len(s.shape)))
   updates = jax.tree.unflatten(treedef, out)
-  weights = jax.random.randint(jax.random.fold_in(key, 1_000_002), (num_clients,), 50, 500).astype(jnp.float32)
+  weights = jax.random.randint(jax.random.fold_in(key, 1_000_002), (num_clients,), 50, 500)
+  weights = weights.astype(jnp.float32)
   jax.block_until_ready((updates, weights))
   return updates, weights, source
 

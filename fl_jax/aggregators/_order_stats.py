@@ -17,11 +17,14 @@ Two exact methods, chosen for speed on CPU (see ``benchmarks/aggregators.py``):
   coordinates so a block stays in cache, and the rank ``r`` may be traced
   (the number of present clients is dynamic).
 
-Measured on the 2-core CPU for 200 clients x 0.5M coordinates: ``jnp.sort`` /
-``jnp.median`` 12 s, ``jnp.partition`` 11 s, ``lax.top_k`` 6 s, bisection
-1.1-1.4 s. A full-sort network does not fuse for large ``C`` (5 s at
-``C = 200``) but a median network takes 0.05 s at ``C = 50`` and 0.17 s at
-``C = 100``.
+Measured on the shared 2-core CPU (noisy; other jobs running). 200 clients x
+0.5M coordinates, one order statistic: ``jnp.sort`` / ``jnp.median`` 12 s,
+``jnp.partition`` 11 s, ``lax.top_k`` 6 s, float bisection 1.1-1.4 s, NumPy
+``np.partition`` 1.1 s. Median of ``C`` clients x 1M coordinates, network vs
+bisection (compile time of the network in brackets): C=10 0.04 vs 0.32 s
+(1 s); C=50 0.32 vs 0.71 s (4 s); C=100 0.67 vs 1.85 s (7 s); C=128 0.84 vs
+2.7 s (10 s); C=160 1.4 vs 2.6 s (14 s); C=200 7.1 vs 3.3 s (25 s): past ~160
+clients XLA no longer fuses the network, hence ``NETWORK_MAX_CLIENTS``.
 """
 import functools
 from typing import Callable, Sequence
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-NETWORK_MAX_CLIENTS = 100
+NETWORK_MAX_CLIENTS = 128
 _SIGN = 0x80000000
 
 

@@ -13,9 +13,13 @@ Updates are model *differences* ``u_i = w_i - w`` (client minus global), so
 the new global model is ``w + aggregate(u)``. Weights are the clients' sample
 counts ``n_i`` (any non-negative numbers; a zero weight means "absent").
 
-Non-finite rule (all stages): a client whose update holds a NaN or Inf is
-treated as absent -- its weight is set to zero and its values are replaced by
-zeros before any arithmetic, so ``0 * NaN`` can never leak into the aggregate.
+Non-finite rule (all stages): a client whose update or weight holds a NaN or
+Inf is treated as absent, exactly like a client of weight zero: its weight is
+set to zero and its values never reach the result (they are masked out of
+order statistics and distance computations, and zeroed before any weighted
+sum, so ``0 * NaN`` cannot leak into the aggregate). Every rule reports
+``num_excluded``, the number of absent clients. Each rule's docstring says how
+it excludes them.
 """
 from typing import Any, Callable, NamedTuple
 

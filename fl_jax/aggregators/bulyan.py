@@ -43,7 +43,8 @@ def bulyan(num_byzantine: int) -> Aggregator:
   """Bulyan: iterated Krum selection, then per coordinate the mean closest to the median.
 
   El Mhamdi, Guerraoui and Rouault 2018, "The Hidden Vulnerability of
-  Distributed Learning in Byzantium", ICML. With ``n`` present clients and ``f`` assumed Byzantine ones:
+  Distributed Learning in Byzantium", ICML. With ``n`` present clients and
+  ``f`` assumed Byzantine ones:
 
   1. *Selection.* Start from all present clients; ``theta = n - 2f`` times,
      run Krum on the remaining set ``R`` (score = sum of squared distances to

@@ -19,8 +19,8 @@ def clip_norm(max_norm: float) -> Aggregator:
   chained before a reducing rule.
 
   Non-finite clients are zeroed with weight 0 (as :func:`sanitize` does, fused
-  into the scaling), so the rule after this stage treats them as absent. A finite update whose squared norm
-  overflows float32 is scaled to zero.
+  into the scaling), so the rule after this stage treats them as absent. A
+  finite update whose squared norm overflows float32 is scaled to zero.
 
   Args:
     max_norm: ``M > 0``.

@@ -53,7 +53,10 @@ def get_aggregator(name: str, **hparams) -> Aggregator:
 
 def build(name: str, norm_bound: Optional[float] = None, dp_sigma: float = 0.0,
           seed: int = 0, **hparams) -> Aggregator:
-  """``chain(clip_norm(norm_bound), get_aggregator(name, **hparams), gaussian_noise(dp_sigma, seed))``.
+  """Clipping, then the rule ``name``, then DP noise, as one chain.
+
+  ``chain(clip_norm(norm_bound), get_aggregator(name, **hparams),
+  gaussian_noise(dp_sigma, seed))``.
 
   The clipping stage is left out when ``norm_bound`` is None and the noise
   stage when ``dp_sigma == 0``; the result is always a chain, so its state is
