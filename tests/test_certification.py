@@ -72,6 +72,20 @@ def pool_net(seed=2):
   return apply, params
 
 
+def random_params(model, seed=0):
+  """He-scaled random parameters in the model's own tree (no compilation)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0))
+
+  def draw(s):
+    if len(s.shape) == 1:
+      return (0.1 * rng.standard_normal(s.shape)).astype(np.float32)
+    fan_in = int(np.prod(s.shape[:-1]))
+    return (rng.standard_normal(s.shape) * np.sqrt(2.0 / fan_in)).astype(
+        np.float32)
+  return jax.tree.map(draw, shapes)
+
+
 def points(shape, n=3, seed=3):
   return jax.random.uniform(jax.random.key(seed), (n,) + shape)
 
@@ -370,6 +384,45 @@ class GradientTest(absltest.TestCase):
       np.testing.assert_allclose(float(num), float(ana), rtol=1e-5, atol=1e-8)
 
 
+class ConvTransposeTest(parameterized.TestCase):
+  """The space-to-depth / dense conv transposes against ``jax.vjp``."""
+
+  @parameterized.parameters(
+      (13, 5, 3, (2, 1), 1, ('NHWC', 'HWIO', 'NHWC'), 3),  # space-to-depth
+      (11, 3, 2, (0, 0), 2, ('NCHW', 'OIHW', 'NCHW'), 3),
+      (14, 4, 2, (1, 1), 1, ('NHWC', 'HWIO', 'NHWC'), 1),  # GEMM + shifts
+      (9, 3, 1, (0, 2), 1, ('NCHW', 'HWIO', 'NHWC'), 3),
+      (6, 5, 1, (0, 0), 1, ('NHWC', 'HWIO', 'NHWC'), 3))   # dense matrix
+  def test_transpose_matches_vjp(self, size, k, s, pad, dil, dn, ci):
+    from fl_jax.certification import conv_ops  # pylint: disable=g-import-not-at-top
+    xs = (1, size, size + 1, ci) if dn[0] == 'NHWC' else (1, ci, size,
+                                                          size + 1)
+    ks = (k, k - 1, ci, 5) if dn[1] == 'HWIO' else (5, ci, k, k - 1)
+    kern = jax.random.normal(jax.random.key(0), ks)
+    x = jax.random.normal(jax.random.key(1), xs)
+    conv = lambda v: lax.conv_general_dilated(
+        v, kern, (s, s), (pad, pad), rhs_dilation=(dil, dil),
+        dimension_numbers=dn)
+    y, vjp = jax.vjp(conv, x)
+    params = dict(window_strides=(s, s), padding=(pad, pad),
+                  lhs_dilation=(1, 1), rhs_dilation=(dil, dil),
+                  dimension_numbers=lax.conv_dimension_numbers(xs, ks, dn),
+                  feature_group_count=1, batch_group_count=1)
+    ct = jax.random.normal(jax.random.key(2), (2,) + y.shape)
+
+    @jax.jit
+    def check(x, ct):
+      c = conv_ops.from_params(params, xs, kern)
+      return (c(x), jax.vmap(lambda t: vjp(t)[0])(ct), c.transpose(ct),
+              c.abs(jnp.abs(x)), lax.conv_general_dilated(
+                  jnp.abs(x), jnp.abs(kern), (s, s), (pad, pad),
+                  rhs_dilation=(dil, dil), dimension_numbers=dn))
+    fwd, ref_t, got_t, got_abs, ref_abs = check(x, ct)
+    np.testing.assert_allclose(fwd, y, atol=1e-4)
+    np.testing.assert_allclose(got_t, ref_t, atol=1e-4)
+    np.testing.assert_allclose(got_abs, ref_abs, atol=1e-4)
+
+
 class ApiTest(absltest.TestCase):
 
   def test_unsupported_primitive_is_named(self):
@@ -444,23 +497,23 @@ class FlJaxModelsTest(absltest.TestCase):
     y = jnp.array([3, 7])
     m = models.get_model('mnist_cnn', shape, 10, conv_impl='patches')
     m_xla = models.get_model('mnist_cnn', shape, 10, conv_impl='xla')
-    params = jax.jit(m.init)(key)
+    params = random_params(m)
     lo, hi = cert.logit_difference_bounds(m.apply, params, x, y, 0.01)
     xs = box_samples(x[0], 0.01, 30, key)
     d = jax.jit(m_xla.apply)(params, xs)
     d = d - d[:, 3:4]
     self.assertTrue(np.all(d <= hi[0] + 1e-4) and np.all(d >= lo[0] - 1e-4))
-    # Same numbers as the textbook (materialised generators) order on the
-    # lax.conv form: pulls and colourings are exact.
-    lo2, hi2 = cert.logit_difference_bounds(m_xla.apply, params, x, y, 0.01,
-                                            strategy='forward')
-    np.testing.assert_allclose(hi, hi2, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(lo, lo2, rtol=1e-4, atol=1e-4)
+    # eps = 0: the bounds collapse onto the model's logit differences.
+    lo0, hi0 = cert.logit_difference_bounds(m.apply, params, x, y, 0.0)
+    z = jax.jit(m_xla.apply)(params, x)
+    d0 = z - jnp.take_along_axis(z, y[:, None], 1)
+    np.testing.assert_allclose(lo0, d0, atol=1e-4)
+    np.testing.assert_allclose(hi0, d0, atol=1e-4)
 
   def test_lenet5_max_pooling_sound(self):
     name, shape, domain = 'lenet5', (12, 12, 1), 'zonotope'
     m = models.get_model(name, shape, 10, conv_impl='xla')
-    params = jax.jit(m.init)(jax.random.key(1))
+    params = random_params(m, seed=1)
     x = points(shape, n=1)
     y = jnp.argmax(jax.jit(m.apply)(params, x), axis=1)
     lo, hi = cert.logit_difference_bounds(m.apply, params, x, y, 0.005,

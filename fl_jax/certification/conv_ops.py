@@ -14,14 +14,30 @@ slower here). So:
   phase ``a``: input position ``q`` with ``q + pad_lo = s * m + a`` receives
   ``sum_d ct[m - d] K[s * d + a]^T``.
 
+Small convs whose input is not much larger than their fan-in (late layers
+of LeNet-5 on small images: 6x6 maps, 5x5 kernels) are instead applied as
+one dense ``[in, out]`` matrix (the conv's Jacobian, built once from the
+kernel): XLA:CPU rewrites such convs into slow generic loops.
+
 Only ``feature_group_count == batch_group_count == 1`` and no lhs dilation
 are handled here; other convs fall back to ``jax.vjp``.
 """
+import itertools
 from typing import Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+
+# Use the dense Jacobian when the input has at most this many times as many
+# elements as one output reads (and the matrix is small).
+DENSE_FAN_IN_RATIO = 4
+DENSE_MAX_ELEMS = 1 << 22
+# Transposes whose space-to-depth conv would have at most this many output
+# channels (``prod(strides) * I``) use the GEMM + shifted-adds form.
+COL2IM_MAX_CHANNELS = 8
 
 
 def to_hwio(kernel, rhs_spec: Sequence[int]):
@@ -66,20 +82,126 @@ class Conv:
     n = self.n_sp
     rhs_spec = (n + 1, n) + tuple(range(n))
     self.dn = lax.ConvDimensionNumbers(self.lhs_spec, rhs_spec, self.out_spec)
+    self.in_size = int(np.prod(self.in_shape, dtype=np.int64))
+    self.out_shape = tuple(
+        jax.eval_shape(self._conv, jax.ShapeDtypeStruct(
+            self.in_shape, kernel_hwio.dtype), kernel_hwio).shape)
+    self.out_size = int(np.prod(self.out_shape, dtype=np.int64))
+    fan_in = int(np.prod(kernel_hwio.shape[:-1], dtype=np.int64))
+    self.dense = (self.in_size <= DENSE_FAN_IN_RATIO * fan_in
+                  and self.in_size * self.out_size <= DENSE_MAX_ELEMS)
+    self._matrix = None
 
-  def __call__(self, x):
+  def _conv(self, x, k):
     return lax.conv_general_dilated(
-        x, self.k, self.strides, self.padding, rhs_dilation=self.rhs_dilation,
+        x, k, self.strides, self.padding, rhs_dilation=self.rhs_dilation,
         dimension_numbers=self.dn, precision=self.precision)
 
+  def matrix(self):
+    """The conv as a dense ``[in_size, out_size]`` matrix (built once)."""
+    if self._matrix is None:
+      eye = jnp.eye(self.in_size, dtype=self.k.dtype).reshape(
+          (self.in_size,) + self.in_shape)
+      self._matrix = jax.vmap(lambda e: self._conv(e, self.k))(eye).reshape(
+          self.in_size, self.out_size)
+    return self._matrix
+
+  def __call__(self, x):
+    if self.dense:
+      return (x.reshape(-1) @ self.matrix()).reshape(self.out_shape)
+    return self._conv(x, self.k)
+
   def abs(self, r):
-    return lax.conv_general_dilated(
-        r, jnp.abs(self.k), self.strides, self.padding,
-        rhs_dilation=self.rhs_dilation, dimension_numbers=self.dn,
-        precision=self.precision)
+    if self.dense:
+      return (r.reshape(-1) @ jnp.abs(self.matrix())).reshape(self.out_shape)
+    return self._conv(r, jnp.abs(self.k))
 
   def transpose(self, ct):
     """Applies the transposed conv to ``ct[n, *out_shape]``."""
+    if self.dense:
+      rows = ct.shape[0]
+      return (ct.reshape(rows, -1) @ self.matrix().T).reshape(
+          (rows,) + self.in_shape)
+    n = self.n_sp
+    if int(np.prod(self.strides)) * self.k.shape[n] <= COL2IM_MAX_CHANNELS:
+      return self._transpose_col2im(ct)
+    return self._transpose_s2d(ct)
+
+  def _to_nhwc(self, ct):
+    """``ct[rows, *out_shape]`` -> ``[rows * batch, *spatial, O]``."""
+    n = self.n_sp
+    out_perm = (self.out_spec[0],) + tuple(self.out_spec[2:]) + (
+        self.out_spec[1],)
+    c = jnp.transpose(ct, (0,) + tuple(p + 1 for p in out_perm))
+    return c.reshape((ct.shape[0] * c.shape[1],) + c.shape[2:]), c.shape[1]
+
+  def _from_interleaved(self, y, rows, nb):
+    """``y[rows * batch, *(s * m), I]`` (index q + pad_lo) -> lhs layout."""
+    n = self.n_sp
+    ci = y.shape[-1]
+    in_sp = [self.in_shape[d] for d in self.lhs_spec[2:]]
+    slices = [slice(None)]
+    pads = [(0, 0)]
+    for dim in range(n):
+      lo = self.padding[dim][0]
+      if lo < 0:
+        raise ValueError('negative padding is not supported')
+      avail = y.shape[1 + dim] - lo
+      pads.append((0, max(0, in_sp[dim] - avail)))
+      slices.append(slice(lo, lo + in_sp[dim]))
+    pads.append((0, 0))
+    if any(p[1] for p in pads):
+      y = jnp.pad(y, pads)
+    y = y[tuple(slices) + (slice(None),)]
+    y = y.reshape((rows, nb) + tuple(in_sp) + (ci,))
+    lhs_perm = (self.lhs_spec[0],) + tuple(self.lhs_spec[2:]) + (
+        self.lhs_spec[1],)
+    inv = np.argsort(lhs_perm)
+    return jnp.transpose(y, (0,) + tuple(int(i) + 1 for i in inv))
+
+  def _transpose_col2im(self, ct):
+    """Transpose as one GEMM over output channels plus shifted adds.
+
+    ``cols[p, tap, i] = sum_o ct[p, o] K[tap, i, o]``; tap ``s * d + a`` of
+    output position ``p`` lands on input index ``s * (p + d) + a - pad_lo``,
+    so summing the ``cols`` shifted by ``d`` gives every phase ``a`` at once.
+    Used when the space-to-depth conv would have very few output channels
+    (e.g. the first conv of a greyscale model), where XLA's conv is slow.
+    """
+    n = self.n_sp
+    k = _dilate(self.k, self.rhs_dilation)
+    k_eff = k.shape[:n]
+    ci, co = k.shape[n], k.shape[n + 1]
+    s = self.strides
+    d_max = [-(-ke // si) - 1 for ke, si in zip(k_eff, s)]
+    kp = jnp.pad(k, [(0, (d + 1) * si - ke)
+                     for d, si, ke in zip(d_max, s, k_eff)] + [(0, 0)] * 2)
+    rows = ct.shape[0]
+    c, nb = self._to_nhwc(ct)
+    out_sp = c.shape[1:1 + n]
+    cols = c @ kp.reshape(-1, co).T                 # [R, *P, taps * I]
+    shape = [c.shape[0]] + list(out_sp)
+    for d, si in zip(d_max, s):
+      shape += [d + 1, si]
+    cols = cols.reshape(tuple(shape) + (ci,))
+    acc = 0
+    for dvec in itertools.product(*[range(d + 1) for d in d_max]):
+      idx = [slice(None)] * (1 + n)
+      for d in dvec:
+        idx += [d, slice(None)]
+      part = cols[tuple(idx)]                        # [R, *P, *s, I]
+      acc = acc + jnp.pad(part, [(0, 0)] + [
+          (d, dm - d) for d, dm in zip(dvec, d_max)] + [(0, 0)] * (n + 1))
+    m = acc.shape[1:1 + n]
+    inter = [0]
+    for dim in range(n):
+      inter += [1 + dim, 1 + n + dim]
+    y = jnp.transpose(acc, tuple(inter) + (2 * n + 1,)).reshape(
+        (c.shape[0],) + tuple(mi * si for mi, si in zip(m, s)) + (ci,))
+    return self._from_interleaved(y, rows, nb)
+
+  def _transpose_s2d(self, ct):
+    """Transpose as one stride-1 conv with the phases as output channels."""
     n = self.n_sp
     k = _dilate(self.k, self.rhs_dilation)               # [*k_eff, I, O]
     k_eff = k.shape[:n]
@@ -105,14 +227,8 @@ class Conv:
     perm = (tuple(range(n)) + (2 * n + 1,) + tuple(range(n, 2 * n)) + (2 * n,))
     kt = jnp.transpose(kt, perm).reshape(
         tuple(d + 1 for d in d_max) + (co, int(np.prod(s)) * ci))
-    # ct to [rows*batch, *spatial, O] (NHWC-like), run the stride-1 conv.
     rows = ct.shape[0]
-    out_perm = (self.out_spec[0],) + tuple(self.out_spec[2:]) + (
-        self.out_spec[1],)
-    c = jnp.transpose(ct, (0,) + tuple(p + 1 for p in out_perm))
-    nb = c.shape[1]
-    out_sp = c.shape[2:2 + n]
-    c = c.reshape((rows * nb,) + tuple(out_sp) + (co,))
+    c, nb = self._to_nhwc(ct)
     dn = lax.ConvDimensionNumbers(
         (0, n + 1) + tuple(range(1, n + 1)),
         (n + 1, n) + tuple(range(n)),
@@ -122,34 +238,14 @@ class Conv:
                                  precision=self.precision)
     # y: [R, *(P + D), prod(s) * I] -> depth to space.
     m = y.shape[1:1 + n]
-    y = y.reshape((rows * nb,) + tuple(m) + tuple(s) + (ci,))
+    y = y.reshape((c.shape[0],) + tuple(m) + tuple(s) + (ci,))
     inter = [0]
     for dim in range(n):
       inter += [1 + dim, 1 + n + dim]
     y = jnp.transpose(y, tuple(inter) + (2 * n + 1,))
-    y = y.reshape((rows * nb,) + tuple(mi * si for mi, si in zip(m, s)) + (ci,))
-    # Crop / pad to the input extent: index q + pad_lo.
-    in_sp = [self.in_shape[d] for d in self.lhs_spec[2:]]
-    slices = [slice(None)]
-    pads = [(0, 0)]
-    for dim in range(n):
-      lo = self.padding[dim][0]
-      avail = y.shape[1 + dim] - lo
-      need = in_sp[dim]
-      if lo < 0:
-        raise ValueError('negative padding is not supported')
-      pads.append((0, max(0, need - avail)))
-      slices.append(slice(lo, lo + need))
-    pads.append((0, 0))
-    if any(p[1] for p in pads):
-      y = jnp.pad(y, pads)
-    y = y[tuple(slices) + (slice(None),)]
-    y = y.reshape((rows, nb) + tuple(in_sp) + (ci,))
-    # Back to the lhs layout.
-    lhs_perm = (self.lhs_spec[0],) + tuple(self.lhs_spec[2:]) + (
-        self.lhs_spec[1],)
-    inv = np.argsort(lhs_perm)
-    return jnp.transpose(y, (0,) + tuple(int(i) + 1 for i in inv))
+    y = y.reshape((c.shape[0],) + tuple(mi * si for mi, si in zip(m, s))
+                  + (ci,))
+    return self._from_interleaved(y, rows, nb)
 
 
 def from_params(params, lhs_shape, rhs) -> Optional[Conv]:

@@ -6,12 +6,14 @@ from the parameters and constants only, e.g. reshaped kernels) and abstract
 values (anything depending on ``x``). Concrete equations run as they are;
 abstract ones go through a transformer:
 
-* linear / affine primitives (dense, conv -- including the one-hot kernel of
-  ``conv_general_dilated_patches``, which is fused with the following dense
-  product into one conv --, add / sub / neg, mul / div by a concrete value,
-  reshape, broadcast, transpose, squeeze, expand_dims, slice, pad,
-  concatenate, select_n with a concrete predicate, reduce_sum, average
-  pooling, convert_element_type, copy, stop_gradient): exact;
+* linear / affine primitives (dense, conv, add / sub / neg, mul / div by a
+  concrete value, reshape, broadcast, transpose, squeeze, expand_dims,
+  slice, pad, concatenate, select_n with a concrete predicate, gather /
+  dynamic_slice with concrete indices, reduce_sum, average pooling,
+  convert_element_type, copy, stop_gradient): exact. The two im2col forms of
+  a conv -- ``conv_general_dilated_patches`` (a conv with a constant one-hot
+  kernel) or strided slices of a padded input, concatenated -- followed by a
+  dense product are recognised and fused into one conv;
 * ``max(x, c)`` (ReLU is ``max(x, 0)`` inside ``jax.nn.relu``'s
   ``custom_jvp``): ``c + relu(x - c)`` with the DeepZono relaxation;
   ``max`` / ``min`` of two abstract values and ``abs`` reduce to ReLU;
@@ -25,6 +27,7 @@ Anything else applied to an abstract value raises ``NotImplementedError``
 naming the primitive (it is never skipped), and so does a product of two
 abstract values (``x * x``), which no affine domain can represent.
 """
+import itertools
 from typing import Any, Dict, List, Sequence
 
 import jax
@@ -346,53 +349,65 @@ def _im2col_conv(cat, params, invals, abs_i):
                                spec, x_node.shape)
 
 
-# --- window tables for max pooling --------------------------------------------
+# --- windows for max pooling ----------------------------------------------------
 
-def _window_table(in_shape, wdims, strides, padding, wdil):
-  """``[n_out, m]`` flat input indices of each window (``-1`` = padding)."""
-  per_dim, out_shape = [], []
-  for size, w, s, (lo, hi), d in zip(in_shape, wdims, strides, padding, wdil):
-    span = (w - 1) * d + 1
-    n_out = (size + lo + hi - span) // s + 1
-    coord = (np.arange(n_out)[:, None] * s + np.arange(w)[None, :] * d - lo)
-    per_dim.append(coord)
-    out_shape.append(n_out)
-  strides_el = np.cumprod((list(in_shape[1:]) + [1])[::-1])[::-1]
-  nd = len(in_shape)
-  index = np.zeros([1] * (2 * nd), np.int64)
-  valid = np.ones([1] * (2 * nd), bool)
-  for k, (coord, size, st) in enumerate(zip(per_dim, in_shape, strides_el)):
-    shp = [1] * (2 * nd)
-    shp[k], shp[nd + k] = coord.shape
-    c = coord.reshape(shp)
-    index = index + c * st
-    valid = valid & (c >= 0) & (c < size)
-  index, valid = np.broadcast_arrays(index, valid)
-  n_o = int(np.prod(out_shape))
-  table = np.where(valid, index, -1).reshape(n_o, -1)
-  if np.any((table < 0).all(axis=1)):
-    raise unsupported('reduce_window_max', 'a window lies entirely in padding')
-  return table, tuple(out_shape)
+def _window_fn(in_shape, wdims, strides, padding, wdil):
+  """``(windows(arr, pad_value) -> [*out_shape, m], out_shape)`` of a window op.
+
+  Built from one pad and one strided slice per tap, so that its transpose
+  (in backward pulls and gradients) is pads and adds, not a scatter.
+  """
+  out_shape = []
+  for size, w, st, (lo, hi), d in zip(in_shape, wdims, strides, padding, wdil):
+    out_shape.append((size + lo + hi - ((w - 1) * d + 1)) // st + 1)
+  out_shape = tuple(out_shape)
+  if min(out_shape) < 1:
+    raise unsupported('reduce_window_max', 'empty output')
+  for size, w, (lo, hi), d in zip(in_shape, wdims, padding, wdil):
+    # A window entirely in padding would have no input to take the max of.
+    if lo >= size + (w - 1) * d or hi >= size + (w - 1) * d:
+      raise unsupported('reduce_window_max', 'a window lies entirely in '
+                        'padding')
+
+  def windows(arr, pad_value):
+    cfg = [(lo, hi, 0) for lo, hi in padding]
+    padded = lax.pad(arr, jnp.asarray(pad_value, arr.dtype), cfg)
+    taps = []
+    for tap in itertools.product(*[range(w) for w in wdims]):
+      start = [t * d for t, d in zip(tap, wdil)]
+      limit = [s0 + (n - 1) * st + 1
+               for s0, n, st in zip(start, out_shape, strides)]
+      taps.append(lax.slice(padded, start, limit, strides))
+    return jnp.stack(taps, axis=-1)
+  return windows, out_shape
 
 
-def _reduce_table(in_shape, axes):
+def _reduce_fn(in_shape, axes):
+  """``windows(arr, pad) -> [*kept, m]`` for a reduction over ``axes``."""
   keep = [d for d in range(len(in_shape)) if d not in axes]
-  idx = np.arange(int(np.prod(in_shape))).reshape(in_shape)
-  idx = np.transpose(idx, keep + list(axes))
   out_shape = tuple(in_shape[d] for d in keep)
-  return idx.reshape(int(np.prod(out_shape, dtype=np.int64)), -1), out_shape
+  m = int(np.prod([in_shape[d] for d in axes], dtype=np.int64))
 
-
-def _gather_bounds(lower, upper, table):
-  safe = np.where(table < 0, 0, table)
-  valid = jnp.asarray(table >= 0)
-  neg_inf = jnp.array(-jnp.inf, lower.dtype)
-  lw = jnp.where(valid, lower.reshape(-1)[safe], neg_inf)
-  up = jnp.where(valid, upper.reshape(-1)[safe], neg_inf)
-  return lw, up, safe
+  def windows(arr, pad_value):
+    del pad_value
+    return jnp.transpose(arr, keep + list(axes)).reshape(out_shape + (m,))
+  return windows, out_shape
 
 
 # --- domains -----------------------------------------------------------------
+
+def _conv_op(conv: conv_ops.Conv, node, name: str) -> lg.Op:
+  """A graph node applying ``conv`` (fast forward, transpose and |.|)."""
+  out = float(conv.out_size)
+  if conv.dense:
+    cost = lg.dot_cost(out, conv.in_size)
+  else:
+    cost = lg.conv_cost(out, int(np.prod(conv.k.shape[:-1])))
+  op = lg.Op(conv, [node], conv.out_shape, conv.k.dtype, abs_fn=conv.abs,
+             mono=lg.NONE, cost=cost, name=name, transpose_fn=conv.transpose)
+  op.conv = conv
+  return op
+
 
 class ZonotopeDomain:
   """Transformers on lazy zonotopes (DeepZono)."""
@@ -411,6 +426,14 @@ class ZonotopeDomain:
     return LazyZono(center, v.node)
 
   def linear(self, prim, params, invals, roles):
+    """Exact image under a primitive linear in its abstract operands.
+
+    Convolutions (``lax.conv_general_dilated`` with a concrete kernel, the
+    one-hot kernel of ``conv_general_dilated_patches`` followed by a dense
+    product, or strided-slice im2col followed by a dense product) become one
+    ``conv_ops.Conv`` node; a dense product records its weight so a backward
+    pull can start below it for free; anything else is a generic node.
+    """
     name = prim.name
     center, fn, abs_fn, abs_idx = _linear_parts(prim, params, invals, roles)
     nodes = [invals[i].node for i in abs_idx]
@@ -427,34 +450,18 @@ class ZonotopeDomain:
       else:
         conv = conv_ops.from_params(params, in_shape, invals[1])
         if conv is not None:
-          op = lg.Op(conv, nodes, out_shape, center.dtype, abs_fn=conv.abs,
-                     mono=lg.NONE, cost=cost, name='conv',
-                     transpose_fn=conv.transpose)
-          op.conv = conv
-          return LazyZono(center, op)
+          return LazyZono(center, _conv_op(conv, nodes[0], 'conv'))
     if name == 'dot_general' and len(abs_idx) == 1:
       src = nodes[0]
       if getattr(src, 'patch', None) is not None:
         conv = _fused_conv(src, params, invals, abs_idx[0])
-        if conv is not None:
-          fan_in = int(np.prod(conv.k.shape[:-1]))
-          op = lg.Op(conv, src.inputs, out_shape, center.dtype,
-                     abs_fn=conv.abs, mono=lg.NONE, name='conv(patches)',
-                     transpose_fn=conv.transpose,
-                     cost=lg.conv_cost(float(np.prod(out_shape)), fan_in))
-          op.conv = conv
-          return LazyZono(center, op)
+        if conv is not None and conv.out_shape == tuple(out_shape):
+          return LazyZono(center, _conv_op(conv, src.inputs[0],
+                                           'conv(patches)'))
       if getattr(src, 'prim_name', None) == 'concatenate':
         fused = _im2col_conv(src, params, invals, abs_idx[0])
-        if fused is not None:
-          x_node, conv = fused
-          fan_in = int(np.prod(conv.k.shape[:-1]))
-          op = lg.Op(conv, [x_node], out_shape, center.dtype,
-                     abs_fn=conv.abs, mono=lg.NONE, name='conv(im2col)',
-                     transpose_fn=conv.transpose,
-                     cost=lg.conv_cost(float(np.prod(out_shape)), fan_in))
-          op.conv = conv
-          return LazyZono(center, op)
+        if fused is not None and fused[1].out_shape == tuple(out_shape):
+          return LazyZono(center, _conv_op(fused[1], fused[0], 'conv(im2col)'))
       explicit = _dot_explicit_rows(params, invals, abs_idx[0], out_shape)
     mono = lg.ROW if patch is not None else _mono(name, invals, abs_idx,
                                                   out_shape)
@@ -482,27 +489,35 @@ class ZonotopeDomain:
     node = lg.diag_node(slope, lg.sum_node([v.node, src]))
     return LazyZono(slope * v.center + shift, node)
 
-  def max_groups(self, v, table, out_shape):
+  def max_groups(self, v, windows, out_shape):
+    """Max over windows: exact selection if one input dominates, else a box.
+
+    Output ``o`` takes input ``j*`` (the window's largest lower bound) exactly,
+    keeping its symbols, when ``l_j* >= u_j`` for every other ``j`` of the
+    window; otherwise it is the box ``[max_j l_j, max_j u_j]`` with one fresh
+    symbol (no correlation kept). Both are sound.
+    """
     lower, upper = self.bounds(v)
-    lw, up, safe = _gather_bounds(lower, upper, table)
-    m = table.shape[1]
-    j = jnp.argmax(lw, axis=1)
-    l_max = jnp.max(lw, axis=1)
-    onehot = jnp.arange(m)[None, :] == j[:, None]
-    u_other = jnp.max(jnp.where(onehot, -jnp.inf, up), axis=1)
-    u_max = jnp.max(up, axis=1)
+    lw = windows(lower, -jnp.inf)
+    up = windows(upper, -jnp.inf)
+    m = lw.shape[-1]
+    j = jnp.argmax(lw, axis=-1)
+    l_max = jnp.max(lw, axis=-1)
+    onehot = jnp.arange(m) == j[..., None]
+    u_other = jnp.max(jnp.where(onehot, -jnp.inf, up), axis=-1)
+    u_max = jnp.max(up, axis=-1)
     exact = l_max >= u_other
-    sel = jnp.take_along_axis(jnp.asarray(safe), j[:, None], axis=1)[:, 0]
-    c_sel = v.center.reshape(-1)[sel]
-    center = jnp.where(exact, c_sel, (l_max + u_max) / 2).reshape(out_shape)
+    pick = onehot.astype(lower.dtype)
+    c_sel = jnp.sum(pick * windows(v.center, 0.0), axis=-1)
+    center = jnp.where(exact, c_sel, (l_max + u_max) / 2)
     beta = jnp.where(exact, 0.0, (u_max - l_max) / 2).astype(center.dtype)
+    keep = jnp.where(exact[..., None], pick, 0.0)
 
     def select(g):
-      return jnp.where(exact, g.reshape(-1)[sel], 0.0).astype(g.dtype).reshape(
-          out_shape)
+      return jnp.sum(keep * windows(g, 0.0), axis=-1)
     sel_op = lg.Op(select, [v.node], out_shape, center.dtype, abs_fn=select,
-                   mono=lg.ROW, name='max_select')
-    src = self.graph.new_source(beta.reshape(out_shape))
+                   mono=lg.ROW, name='max_select', cost=float(lw.size))
+    src = self.graph.new_source(beta)
     return LazyZono(center, lg.sum_node([sel_op, src]))
 
 
@@ -527,11 +542,10 @@ class IntervalDomain:
     lower, upper = jnp.maximum(lower, 0), jnp.maximum(upper, 0)
     return Box((lower + upper) / 2, (upper - lower) / 2)
 
-  def max_groups(self, v, table, out_shape):
+  def max_groups(self, v, windows, out_shape):
     lower, upper = self.bounds(v)
-    lw, up, _ = _gather_bounds(lower, upper, table)
-    lower = jnp.max(lw, axis=1).reshape(out_shape)
-    upper = jnp.max(up, axis=1).reshape(out_shape)
+    lower = jnp.max(windows(lower, -jnp.inf), axis=-1).reshape(out_shape)
+    upper = jnp.max(windows(upper, -jnp.inf), axis=-1).reshape(out_shape)
     return Box((lower + upper) / 2, (upper - lower) / 2)
 
 
@@ -605,15 +619,15 @@ def _apply_rule(dom, eqn, invals):
     if any(d != 1 for d in params['base_dilation']):
       raise unsupported(name, 'base dilation')
     x = invals[0]
-    table, out_shape = _window_table(
+    windows, out_shape = _window_fn(
         np.shape(x.center), params['window_dimensions'],
         params['window_strides'], params['padding'],
         params['window_dilation'])
-    return dom.max_groups(x, table, out_shape)
+    return dom.max_groups(x, windows, out_shape)
   if name == 'reduce_max':
     x = invals[0]
-    table, out_shape = _reduce_table(np.shape(x.center), params['axes'])
-    return dom.max_groups(x, table, out_shape)
+    windows, out_shape = _reduce_fn(np.shape(x.center), params['axes'])
+    return dom.max_groups(x, windows, out_shape)
   if name == 'split':
     x = invals[0]
     outs, start = [], 0

@@ -199,15 +199,12 @@ def _colouring(path, s: 'Source'):
   return colour, n_colours
 
 
-def _prod(shape) -> int:
-  return int(np.prod(shape, dtype=np.int64))
-
-
 class Graph:
   """Holds the symbol blocks of one propagation and answers bound queries.
 
   Args:
-    strategy: ``'auto'`` (abs shortcut + cheapest of forward / backward),
+    strategy: ``'auto'`` (abs shortcut, colouring, cheapest of forward /
+      backward),
       ``'forward'`` (materialised generators everywhere, the textbook
       DeepZ order) or ``'backward'`` (adjoint everywhere). All give the same
       numbers up to float rounding; the last two exist for testing.
@@ -476,6 +473,9 @@ class Graph:
       for s in blocks:
         path = self._chain(node, s)
         col = _colouring(path, s) if path is not None else None
+        if col is not None and col[1] * max(
+            op.size for op, _ in path) > self.max_block_elems:
+          col = None                       # would not fit the memory cap
         if col is not None:
           cost = col[1] * sum(op.cost for op, _ in path)
           if cost < min(self._forward_cost(node, s), bwd_all):
