@@ -19,6 +19,13 @@ points with ``fl_jax.certification`` and compares:
   from XLA's cost analysis and the achieved GFLOP/s, next to the FLOPs of the
   textbook forward order.
 
+Rounding: both sides compute in float32, and the difference bounds at eps 0.1
+are sums of about 6,500 terms of size ~100, so float32 alone leaves errors
+of order 1e-4 on either side. ``--reference64`` (default on) therefore also
+computes the bounds in float64 (fl_jax with ``jax_enable_x64`` in a separate
+process, in the textbook *forward* order, a different code path from the
+default) and prints each float32 result's distance to that reference.
+
 Input boxes: ART's default pre-processing clips the eps-box to [0, 1] the same
 way (``adjust_to_within_bounds``), so both sides use identical boxes.
 
@@ -57,6 +64,11 @@ _RETRAIN = flags.DEFINE_bool('retrain', False, 'Ignore the weights cache.')
 _ART_PYTHON = flags.DEFINE_string('art_python', '/work/artvenv/bin/python',
                                   'Python of the venv holding torch + ART.')
 _CONV = flags.DEFINE_string('conv_impl', '', 'patches | xla (default: backend).')
+_REF64 = flags.DEFINE_bool('reference64', True,
+                           'Also compute float64 bounds (subprocess) and '
+                           'compare both float32 results with them.')
+_F64_IO = flags.DEFINE_list('f64_io', [], 'Internal: IN.npz,OUT.npz of the '
+                            'float64 reference subprocess.')
 
 _LAYERS = ('conv1', 'conv2', 'fc1', 'fc2')
 
@@ -99,8 +111,46 @@ def flops_per_point(fn, *args):
   return float(cost.get('flops', float('nan')))
 
 
+def float64_reference(inp, out):
+  """Subprocess body: float64 difference / logit bounds, forward order."""
+  jax.config.update('jax_enable_x64', True)
+  d = np.load(inp)
+  model = models.get_model('mnist_cnn', (28, 28, 1), 10, conv_impl='xla')
+  params = {k: {'kernel': jnp.asarray(d[f'{k}_kernel'], jnp.float64),
+                'bias': jnp.asarray(d[f'{k}_bias'], jnp.float64)} for k in _LAYERS}
+  x = jnp.asarray(d['x'], jnp.float64)
+  pred = jnp.asarray(d['pred'])
+  res = {}
+  for e, eps in enumerate(d['eps']):
+    kw = dict(chunk_size=10, strategy='forward')
+    _, upper = certification.logit_difference_bounds(model.apply, params, x, pred,
+                                                     float(eps), **kw)
+    z = certification.propagate(model.apply, params, x, float(eps), **kw)
+    rad = jnp.abs(z.generators).sum(1)
+    res[f'diff_upper_{e}'] = np.asarray(upper)
+    res[f'lower_{e}'] = np.asarray(z.center - rad)
+    res[f'upper_{e}'] = np.asarray(z.center + rad)
+    assert res[f'upper_{e}'].dtype == np.float64
+  np.savez(out, **res)
+
+
+def run_float64_reference(params, x, pred, eps_list):
+  with tempfile.TemporaryDirectory() as tmp:
+    inp, out = os.path.join(tmp, 'in64.npz'), os.path.join(tmp, 'out64.npz')
+    np.savez(inp, x=np.asarray(x), pred=np.asarray(pred), eps=np.asarray(eps_list),
+             **{f'{k}_{m}': np.asarray(v) for k in _LAYERS for m, v in params[k].items()})
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, os.path.abspath(__file__), f'--f64_io={inp},{out}'],
+                   check=True)
+    print(f'float64 reference computed in {time.perf_counter() - t0:.0f} s')
+    return dict(np.load(out))
+
+
 def main(argv):
   del argv
+  if _F64_IO.value:
+    float64_reference(*_F64_IO.value)
+    return
   model = models.get_model('mnist_cnn', (28, 28, 1), 10,
                            conv_impl=_CONV.value or None)
   if os.path.exists(_WEIGHTS.value) and not _RETRAIN.value:
@@ -143,6 +193,8 @@ def main(argv):
             int(np.sum(art['pred'] != np.asarray(pred))), 'points')
   else:
     print(f'{_ART_PYTHON.value} not found: fl_jax side only')
+
+  ref64 = run_float64_reference(params, x, pred, eps_list) if _REF64.value else None
 
   # --- fl_jax ----------------------------------------------------------------
   kw = dict(chunk_size=_CHUNK.value)
@@ -207,6 +259,15 @@ def main(argv):
       for name, (ab, rel) in err.items():
         line += f'\n    {name}: max |diff| {ab:.2e}, max |diff|/max(1,|ART|) {rel:.2e}'
       row.update(art_pps=n / a_sec, art_cert=a_cert, errors=err, art_cpu=a_cpu)
+    if ref64 is not None:
+      for name, ours in (('lower', c_lo), ('upper', c_hi), ('diff_upper', upper)):
+        ref = ref64[f'{name}_{e}']
+        line += f'\n    {name} vs float64 reference: fl_jax max |diff| {np.abs(ours - ref).max():.2e}'
+        if art is not None:
+          line += f', ART {np.abs(art[f"{name}_{e}"] - ref).max():.2e}'
+        row.setdefault('errors64', {})[name] = (
+            float(np.abs(ours - ref).max()),
+            float(np.abs(art[f'{name}_{e}'] - ref).max()) if art is not None else None)
     print(line, flush=True)
     rows.append(row)
   if art is not None:

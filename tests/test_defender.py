@@ -52,7 +52,26 @@ class RuleTest(parameterized.TestCase):
     ok, _, _ = d.check({'acc': jnp.float32(1.0), 'loss': jnp.float32(0.02)}, state, None, None)
     self.assertFalse(bool(ok))
 
-  @parameterized.parameters(({'acc_ratio': 1.5}, 'acc_ratio'), ({'loss_tol': -1.0}, 'loss_tol'))
+  @parameterized.parameters(
+      # (kwargs, candidate acc, candidate loss, accept); reference acc 0.9, loss 2.0
+      ({'acc_atol': 0.02}, 0.79, 2.0, True),      # 0.79 >= 0.81 - 0.02
+      ({'acc_atol': 0.02}, 0.78, 2.0, False),
+      ({'loss_down_tol': float('inf')}, 0.9, 0.1, True),   # one-sided: any drop is fine
+      ({'loss_down_tol': float('inf')}, 0.9, 2.21, False),  # ... but not a rise over 10%
+      ({'loss_tol': 0.5, 'loss_down_tol': 0.2}, 0.9, 2.99, True),   # 2 + 0.5 * 2 + 1e-3
+      ({'loss_tol': 0.5, 'loss_down_tol': 0.2}, 0.9, 3.01, False),
+      ({'loss_tol': 0.5, 'loss_down_tol': 0.2}, 0.9, 1.61, True),   # 2 - 0.2 * 2 - 1e-3
+      ({'loss_tol': 0.5, 'loss_down_tol': 0.2}, 0.9, 1.59, False))
+  def test_slack_and_asymmetric_band(self, kw, acc, loss, accept):
+    d = make(**kw)
+    state = d.init({'acc': jnp.float32(0.9), 'loss': jnp.float32(2.0)}, None, None)
+    ok, _, _ = jax.jit(d.check)({'acc': jnp.float32(acc), 'loss': jnp.float32(loss)}, state,
+                                None, None)
+    self.assertEqual(bool(ok), accept)
+
+  @parameterized.parameters(({'acc_ratio': 1.5}, 'acc_ratio'), ({'loss_tol': -1.0}, 'loss_tol'),
+                            ({'acc_atol': -0.1}, 'acc_atol'),
+                            ({'loss_down_tol': float('nan')}, 'loss_down_tol'))
   def test_bad_hyper_parameters(self, kw, msg):
     with self.assertRaisesRegex(ValueError, msg):
       make(**kw)

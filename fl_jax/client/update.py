@@ -8,7 +8,7 @@ first in random order; padded samples never enter the loss, and a batch made
 only of padding is skipped (``lax.cond``; a select under ``vmap``), so a client with ``n_i`` samples takes ``ceil(n_i / B)`` steps
 per epoch whatever the padded size.
 """
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -60,21 +60,35 @@ def learning_rate(hp: LocalSGD, round_idx) -> Array:
   return hp.lr * jnp.power(jnp.float32(hp.lr_decay), jnp.asarray(round_idx, jnp.float32))
 
 
-def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD) -> Callable:
+def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD, *,
+                       project: Optional[Callable] = None,
+                       project_every: Optional[int] = None) -> Callable:
   """Builds ``client_update`` for a per-example loss.
 
   Args:
-    loss_fn: ``loss_fn(params, x[B, ...], y[B], key) -> losses[B]``. Clean
-      cross-entropy, PGD adversarial training and malicious objectives all plug
-      in here.
+    loss_fn: ``loss_fn(params, x[B, ...], y[B, ...], key) -> losses[B]``.
+      Clean cross-entropy, PGD adversarial training and malicious objectives
+      (integer or soft labels) all plug in here.
     hp: local SGD hyper-parameters.
+    project: optional ``project(params, global_params, radius) -> params``
+      applied after the last step (a white-box attacker's constraint, e.g.
+      the l2 ball around the global model of the edge-case paper's PGD
+      attack); ``None`` for honest clients.
+    project_every: with ``project``, also project after every ``k``-th
+      optimiser step (``None``: only at the end).
 
   Returns:
-    ``client_update(global_params, data: ClientBatch, mask[n], key, round) ->
-    (new_params, ClientMetrics)``, pure and vmappable over clients
-    (``in_axes=(None, 0, 0, 0, None)``).
+    ``client_update(global_params, data: ClientBatch, mask[n], key, round,
+    radius=inf) -> (new_params, ClientMetrics)``, pure and vmappable over
+    clients (``in_axes=(None, 0, 0, 0, None)``); ``radius`` (may be traced)
+    is handed to ``project``.
   """
   hp.validate()
+  if project_every is not None:
+    if project is None:
+      raise ValueError('project_every needs a project function')
+    if not isinstance(project_every, int) or project_every < 1:
+      raise ValueError(f'project_every must be an int >= 1, got {project_every!r}')
   tx = optax.chain(optax.add_decayed_weights(hp.weight_decay),
                    optax.trace(decay=hp.momentum))
   bsz = hp.batch_size
@@ -87,29 +101,34 @@ def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD) -> Callable:
   grad_fn = jax.value_and_grad(batch_loss)
 
   def client_update(global_params: Params, data: ClientBatch, mask: Array,
-                    key: PRNGKey, round_idx) -> tuple:
+                    key: PRNGKey, round_idx, radius=jnp.inf) -> tuple:
     n = mask.shape[0]
     num_batches = -(-n // bsz)
     pad = num_batches * bsz - n
     x = jnp.concatenate([data.x, jnp.zeros((pad,) + data.x.shape[1:], data.x.dtype)])
     y = jnp.concatenate([data.y, jnp.zeros((pad,) + data.y.shape[1:], data.y.dtype)])
-    m = jnp.concatenate([mask, jnp.zeros((pad,), bool)])
+    m = jnp.concatenate([mask.astype(bool), jnp.zeros((pad,), bool)])
     lr = learning_rate(hp, round_idx)
+    radius = jnp.asarray(radius, jnp.float32)
 
     def sgd_step(carry, bx, by, bm, bkey):
-      params, opt_state, loss_sum = carry
+      params, opt_state, loss_sum, steps = carry
       loss, grads = grad_fn(params, bx, by, bm, bkey)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-      return params, opt_state, loss_sum + loss * jnp.sum(bm)
+      steps = steps + 1
+      if project_every is not None:
+        due = steps % project_every == 0
+        params = jax.tree.map(lambda a, b: jnp.where(due, a, b),
+                              project(params, global_params, radius), params)
+      return params, opt_state, loss_sum + loss * jnp.sum(bm), steps
 
     def step(carry, batch):
       idx, bkey = batch
       bx, by, bm = x[idx], y[idx], m[idx]
-      live = jnp.any(bm)
       # A batch of padding only is skipped. Under vmap this becomes a select.
-      carry = jax.lax.cond(live, sgd_step, lambda c, *_: c, carry, bx, by, bm, bkey)
-      return carry, live
+      carry = jax.lax.cond(jnp.any(bm), sgd_step, lambda c, *_: c, carry, bx, by, bm, bkey)
+      return carry, None
 
     def epoch(carry, ekey):
       pkey, bkey = jax.random.split(ekey)
@@ -117,18 +136,20 @@ def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD) -> Callable:
       order = jnp.argsort(jnp.where(m, jax.random.uniform(pkey, m.shape), 2.0))
       idx = order.reshape(num_batches, bsz)
       bkeys = jax.random.split(bkey, num_batches)
-      carry, live = jax.lax.scan(step, carry, (idx, bkeys))
-      return carry, jnp.sum(live)
+      carry, _ = jax.lax.scan(step, carry, (idx, bkeys))
+      return carry, None
 
-    init = (global_params, tx.init(global_params), jnp.zeros((), jnp.float32))
+    init = (global_params, tx.init(global_params), jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.int32))
     ekeys = jax.random.split(key, hp.local_epochs)
-    (params, _, loss_sum), steps = jax.lax.scan(epoch, init, ekeys)
-    n_real = jnp.sum(mask)
+    (params, _, loss_sum, steps), _ = jax.lax.scan(epoch, init, ekeys)
+    if project is not None:
+      params = project(params, global_params, radius)
+    n_real = jnp.sum(mask.astype(jnp.int32))
     metrics = ClientMetrics(
         train_loss=loss_sum / jnp.maximum(n_real * hp.local_epochs, 1),
-        num_examples=n_real.astype(jnp.int32),
-        num_steps=jnp.sum(steps).astype(jnp.int32))
+        num_examples=n_real,
+        num_steps=steps)
     return params, metrics
 
   return client_update
-

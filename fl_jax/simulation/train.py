@@ -171,7 +171,9 @@ def build_defender(cfg, model, cert, val):
   d = defender_lib.make_defender(measure, acc_keys=acc_keys, loss_keys=loss_keys,
                                  acc_ratio=cfg['defender_acc_ratio'],
                                  loss_tol=cfg['defender_loss_tol'],
-                                 loss_atol=cfg['defender_loss_atol'])
+                                 loss_atol=cfg['defender_loss_atol'],
+                                 acc_atol=cfg.get('defender_acc_atol', 0.0),
+                                 loss_down_tol=cfg.get('defender_loss_down_tol'))
   data = defender_lib.DefenderData(jnp.asarray(val.x[:nv]), jnp.asarray(val.y[:nv]),
                                    jnp.asarray(cert.x[:nc]), jnp.asarray(cert.y[:nc]))
   return d, data

@@ -36,6 +36,14 @@ def get_config(arg: str = ''):
   c.defender_val_points = 1000
   c.defender_cert_points = 200
   c.defender_pgd_steps = 10
+  # The paper's rule (accuracies >= 90% of the last accepted round's, loss
+  # within +-10%) rejected 2 of the first 4 honest rounds here: on 200
+  # certification points one honest FAT round moves the certifiable loss by
+  # up to ~14% and certified accuracy at 0.25 sits near 0. The attacks move
+  # the loss 8x-5000x, so a +-50% band and a 0.02 accuracy slack keep every
+  # attack out while letting honest rounds through.
+  c.defender_loss_tol = 0.5
+  c.defender_acc_atol = 0.02
   # Table 1 evaluation (test set; certification set = the first num_cert train points).
   c.table_attacks = 'none,distillation,backdoor'
   c.table_cert_points = 500
