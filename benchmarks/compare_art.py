@@ -130,7 +130,8 @@ def float64_reference(inp, out):
     res[f'diff_upper_{e}'] = np.asarray(upper)
     res[f'lower_{e}'] = np.asarray(z.center - rad)
     res[f'upper_{e}'] = np.asarray(z.center + rad)
-    assert res[f'upper_{e}'].dtype == np.float64
+    if res[f'upper_{e}'].dtype != np.float64 or z.generators.dtype != jnp.float64:
+      raise RuntimeError('the float64 reference did not run in float64')
   np.savez(out, **res)
 
 

@@ -60,7 +60,7 @@ def run_table1(cfg, workdir):
   base = dict(cfg, attack='', defender=False)
   exp = train_lib.build_experiment(base)
   if cfg['init_checkpoint']:
-    _, params0, init_cfg = train_lib.restore(cfg['init_checkpoint'])
+    params0, init_cfg = train_lib.load_init_checkpoint(cfg)
     start_round = int(init_cfg['rounds'])
   else:
     params0, start_round = exp.model.init(jax.random.key(cfg['seed'])), 0

@@ -96,6 +96,37 @@ class ProjectionTest(parameterized.TestCase):
         self.assertLessEqual(d, delta * (1 + 1e-5))
       self.assertEqual(int(m.num_steps), 3 * 4)
 
+  def test_projection_every_k_steps(self):
+    # A projection that halves the distance to the global model is not
+    # idempotent, so how often it runs shows in the result.
+    model = models.get_model('mlp', (4, 4, 1), 3, hidden=(8,))
+    params = model.init(jax.random.key(0))
+    data = tiny_clients(1, n=16)
+    hp = client.LocalSGD(local_epochs=1, batch_size=4, lr=0.5)   # 4 steps
+    halve = lambda p, g, r: tree_math.tree_add(g, tree_math.tree_scale(tree_math.tree_sub(p, g),
+                                                                        0.5))
+    loss = standard_loss(model.apply)
+    batch = client.ClientBatch(data.x[0], data.y[0])
+    run = lambda **kw: jax.jit(client.make_client_update(loss, hp, **kw))(
+        params, batch, data.mask[0], jax.random.key(1), 0)[0]
+    end_only, every1, every4, every9 = (run(project=halve, project_every=k)
+                                        for k in (None, 1, 4, 9))
+    plain = run()
+    dist = lambda p: float(tree_math.tree_l2_norm(tree_math.tree_sub(p, params)))
+    # Projecting after step 4 and again at the end halves twice.
+    np.testing.assert_allclose(dist(every4), dist(end_only) / 2, rtol=1e-5)
+    np.testing.assert_allclose(dist(end_only), dist(plain) / 2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(every9), jax.tree.leaves(end_only), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-6)   # k beyond the last step: end only
+    self.assertLess(dist(every1), dist(every4))
+    with self.assertRaisesRegex(ValueError, 'project_every'):
+      client.make_client_update(loss, hp, project=halve, project_every=0)
+    with self.assertRaisesRegex(ValueError, 'needs a project'):
+      client.make_client_update(loss, hp, project_every=2)
+    with self.assertRaisesRegex(ValueError, 'radius=0.5'):
+      client.make_client_update(loss, hp)(params, batch, data.mask[0], jax.random.key(1), 0,
+                                          0.5)
+
   def test_local_trainer_equals_client_update_without_projection(self):
     model = models.get_model('mlp', (4, 4, 1), 3, hidden=(8,))
     params = model.init(jax.random.key(0))

@@ -72,6 +72,9 @@ class ConfigTest(absltest.TestCase):
     self.assertEqual((c['defender_cert_points'], c['table_cert_points']), (100, 100))
     self.assertEqual(c['table_attacks'], 'none,distillation,backdoor')
     self.assertEqual(c['init_checkpoint'], 'workdirs/cifar10_fat')
+    # The paper's defender rule (the MNIST config widens it on measured noise).
+    self.assertEqual((c['defender_acc_ratio'], c['defender_acc_atol'], c['defender_loss_tol'],
+                      c['defender_loss_down_tol']), (0.9, 0.0, 0.1, None))
     fat = train_lib.config_to_dict(cifar10_fat.get_config())
     train_lib.validate_config(fat)
     for k in ('dataset', 'model', 'num_cert', 'num_val', 'adv_eps', 'adv_steps',
@@ -208,6 +211,28 @@ class CifarSmokeExperimentTest(absltest.TestCase):
         self.assertTrue(row['reason'].startswith('rejected: '), row['reason'])
         failed = row['reason'][len('rejected: '):].split(', ')
         self.assertTrue(set(failed) <= set(self.columns), failed)  # the checked figures
+    # The defender certifies the same points as the table (deterministically),
+    # so its certified verdicts can be recomputed from the CSV with the rule.
+    cfg = self.cfg
+    self.assertEqual(cfg['defender_cert_points'], cfg['table_cert_points'])
+    down = cfg['defender_loss_down_tol']
+    down = cfg['defender_loss_tol'] if down is None else down
+    for row in attacked:
+      failed = set() if row['accepted'] == 'True' else set(
+          row['reason'][len('rejected: '):].split(', '))
+      for r in PAPER_CERT_EPS:
+        acc_k, loss_k = f'certified_accuracy@{r:g}', f'certifiable_loss@{r:g}'
+        acc, acc_ref = float(row[acc_k]), float(ref[acc_k])
+        acc_ok = acc >= cfg['defender_acc_ratio'] * acc_ref - cfg['defender_acc_atol']
+        loss, loss_ref = float(row[loss_k]), float(ref[loss_k])
+        delta = loss - loss_ref
+        band = lambda tol: tol * abs(loss_ref) + cfg['defender_loss_atol']
+        loss_ok = -band(down) <= delta <= band(cfg['defender_loss_tol'])
+        for k, ok in ((acc_k, acc_ok), (loss_k, loss_ok)):
+          margin = (min(abs(delta - band(cfg['defender_loss_tol'])), abs(delta + band(down)))
+                    if k == loss_k else 1.0)
+          if margin > 1e-4 * max(1.0, abs(loss_ref)):   # not on the boundary
+            self.assertEqual(k not in failed, ok, (row['model'], k, row[k], ref[k]))
 
   def test_simulation_counts(self):
     cfg = self.cfg

@@ -44,6 +44,18 @@ class RuleTest(parameterized.TestCase):
     expected_ref = acc if accept else 0.9
     np.testing.assert_allclose(new_state.reference['clean_accuracy'], expected_ref)
 
+  def test_infinite_tolerance_around_a_zero_reference(self):
+    # inf * 0 must not turn the band into NaN (which would reject everything).
+    for kw in ({'loss_tol': float('inf')}, {'loss_down_tol': float('inf')},
+               {'loss_tol': float('inf'), 'loss_down_tol': float('inf')}):
+      d = make(**kw)
+      state = d.init({'acc': jnp.float32(1.0), 'loss': jnp.float32(0.0)}, None, None)
+      for loss, ok_expected in ((0.0, True), (5e-4, True),
+                                (10.0, kw.get('loss_tol') == float('inf'))):
+        ok, _, _ = d.check({'acc': jnp.float32(1.0), 'loss': jnp.float32(loss)}, state, None,
+                           None)
+        self.assertEqual(bool(ok), ok_expected, (kw, loss))
+
   def test_zero_reference_loss_uses_absolute_tolerance(self):
     d = make(loss_atol=0.01)
     state = d.init({'acc': jnp.float32(1.0), 'loss': jnp.float32(0.0)}, None, None)

@@ -1,6 +1,7 @@
 """Server round: FedAvg by hand, vmap == loop, replay, no retrace, resume."""
 import json
 import os
+import shutil
 import tempfile
 
 from absl.testing import absltest
@@ -201,6 +202,26 @@ class TrainDriverTest(absltest.TestCase):
         self.assertIn(key, rows[-1])
       summary = json.load(open(os.path.join(part, 'summary.json')))
       self.assertEqual(summary['rounds'], 4)
+      # A warm start reads the same parameters back, and refuses another model.
+      warm = train_lib.config_to_dict(self.smoke_config(init_checkpoint=part))
+      p_init, init_cfg = train_lib.load_init_checkpoint(warm)
+      self.assertEqual(init_cfg['rounds'], 4)
+      for a, b in zip(jax.tree.leaves(p_init), jax.tree.leaves(p_full), strict=True):
+        np.testing.assert_array_equal(a, b)
+      self.assertEqual(init_cfg['checkpoint_round'], 4)
+      with self.assertRaisesRegex(ValueError, f"holds a {cfg['model']} on mnist, expected "
+                                              'mnist_cnn on mnist'):
+        train_lib.load_init_checkpoint({**warm, 'model': 'mnist_cnn'})
+      # An unfinished run (checkpoint at round 2 of 4) is refused as a start.
+      shutil.copytree(part, os.path.join(d, 'cut'))
+      cut_cfg = json.load(open(os.path.join(d, 'cut', 'config.json')))
+      cut_cfg['rounds'] = 6   # as if interrupted after its last checkpoint
+      json.dump(cut_cfg, open(os.path.join(d, 'cut', 'config.json'), 'w'))
+      with self.assertRaisesRegex(ValueError, 'holds round 4 of 6'):
+        train_lib.load_init_checkpoint({**warm, 'init_checkpoint': os.path.join(d, 'cut')})
+      with self.assertRaisesRegex(ValueError, "unknown data set 'svhn'"):
+        data_lib.dataset_info('svhn')
+      self.assertEqual(data_lib.dataset_info('cifar10'), ((32, 32, 3), 10))
 
   def test_bad_config_values(self):
     for kw, msg in ((dict(dataset='imagenet'), 'imagenet'),

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fl_jax.adversarial.pgd import check_int
 from fl_jax.types import Array, Params, PerExampleLossFn, PRNGKey
 
 
@@ -79,16 +80,15 @@ def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD, *,
 
   Returns:
     ``client_update(global_params, data: ClientBatch, mask[n], key, round,
-    radius=inf) -> (new_params, ClientMetrics)``, pure and vmappable over
-    clients (``in_axes=(None, 0, 0, 0, None)``); ``radius`` (may be traced)
-    is handed to ``project``.
+    radius=None) -> (new_params, ClientMetrics)``, pure and vmappable over
+    clients (``in_axes=(None, 0, 0, 0, None)``); ``radius`` (may be traced;
+    ``None``: inf) is handed to ``project`` and is an error without one.
   """
   hp.validate()
   if project_every is not None:
     if project is None:
       raise ValueError('project_every needs a project function')
-    if not isinstance(project_every, int) or project_every < 1:
-      raise ValueError(f'project_every must be an int >= 1, got {project_every!r}')
+    check_int('project_every', project_every, 1)
   tx = optax.chain(optax.add_decayed_weights(hp.weight_decay),
                    optax.trace(decay=hp.momentum))
   bsz = hp.batch_size
@@ -101,7 +101,7 @@ def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD, *,
   grad_fn = jax.value_and_grad(batch_loss)
 
   def client_update(global_params: Params, data: ClientBatch, mask: Array,
-                    key: PRNGKey, round_idx, radius=jnp.inf) -> tuple:
+                    key: PRNGKey, round_idx, radius=None) -> tuple:
     n = mask.shape[0]
     num_batches = -(-n // bsz)
     pad = num_batches * bsz - n
@@ -109,7 +109,10 @@ def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD, *,
     y = jnp.concatenate([data.y, jnp.zeros((pad,) + data.y.shape[1:], data.y.dtype)])
     m = jnp.concatenate([mask.astype(bool), jnp.zeros((pad,), bool)])
     lr = learning_rate(hp, round_idx)
-    radius = jnp.asarray(radius, jnp.float32)
+    if project is None and radius is not None:
+      raise ValueError(f'radius={radius!r} was given but this client update has no '
+                       'project function (make_client_update(..., project=...))')
+    radius = jnp.asarray(jnp.inf if radius is None else radius, jnp.float32)
 
     def sgd_step(carry, bx, by, bm, bkey):
       params, opt_state, loss_sum, steps = carry

@@ -13,5 +13,6 @@ from fl_jax.data.partition import partition_iid
 from fl_jax.data.sources import DATASET_NAMES
 from fl_jax.data.sources import DataNotFoundError
 from fl_jax.data.sources import Dataset
+from fl_jax.data.sources import dataset_info
 from fl_jax.data.sources import load_dataset
 from fl_jax.data.splits import holdout_split

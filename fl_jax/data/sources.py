@@ -84,6 +84,13 @@ _SPECS = {
 DATASET_NAMES = tuple(_SPECS)
 
 
+def dataset_info(name: str) -> Tuple[Tuple[int, int, int], int]:
+  """``(image_shape HWC, num_classes)`` of a known data set, without loading it."""
+  if name not in _SPECS:
+    raise ValueError(f'unknown data set {name!r}; expected one of {DATASET_NAMES}')
+  return _SPECS[name].image_shape, _SPECS[name].num_classes
+
+
 def _to_dataset(name: str, spec: _Spec, x: np.ndarray, y: np.ndarray,
                 source: str) -> Dataset:
   """Validates raw arrays and converts them to a float32 NHWC ``Dataset``."""

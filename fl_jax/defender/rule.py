@@ -10,7 +10,7 @@ certifiable loss on the certification set -- and compares with the last
   reference near 0, e.g. certified accuracy at a radius nothing certifies,
   from rejecting a drop of one point);
 * every certifiable loss ``L`` must stay in the band
-  ``L_ref - (loss_down_tol * L_ref + loss_atol) <= L <= L_ref + loss_tol * L_ref + loss_atol``
+  ``L_ref - (loss_down_tol * |L_ref| + loss_atol) <= L <= L_ref + loss_tol * |L_ref| + loss_atol``
   (paper: "varied by at most 10%", i.e. ``loss_tol = loss_down_tol = 0.1``;
   ``loss_atol`` keeps a reference of exactly 0 from rejecting every change;
   ``loss_down_tol = inf`` makes the check one-sided, rejecting only models
@@ -61,12 +61,17 @@ def decide(metrics: Mapping[str, Array], reference: Mapping[str, Array], *,
   verdicts = {}
   for k in acc_keys:
     verdicts[k] = metrics[k] >= acc_ratio * reference[k] - acc_atol
+  def band(tol, ref):
+    # tol * |ref| + atol; an infinite tolerance leaves that side unchecked
+    # (also around a zero reference, where inf * 0 would be NaN).
+    if tol == float('inf'):
+      return jnp.inf
+    return tol * ref + loss_atol
+
   for k in loss_keys:
     delta = metrics[k] - reference[k]
     ref = jnp.abs(reference[k])
-    up_ok = delta <= loss_tol * ref + loss_atol
-    down_ok = True if down == float('inf') else -delta <= down * ref + loss_atol
-    verdicts[k] = jnp.logical_and(up_ok, down_ok)
+    verdicts[k] = jnp.logical_and(delta <= band(loss_tol, ref), -delta <= band(down, ref))
   ok = [jnp.isfinite(metrics[k]) for k in (*acc_keys, *loss_keys)]
   accept = jnp.all(jnp.stack([*verdicts.values(), *ok])) if (verdicts or ok) else jnp.array(True)
   return accept, verdicts

@@ -293,12 +293,7 @@ def train(config, workdir: str, resume: bool = False,
   ckpt_path = os.path.join(workdir, CHECKPOINT)
 
   if cfg['init_checkpoint']:
-    # Warm start from another run's model (same model and dataset).
-    _, params0, init_cfg = restore(cfg['init_checkpoint'])
-    if (init_cfg['model'], init_cfg['dataset']) != (cfg['model'], cfg['dataset']):
-      raise ValueError(f"init_checkpoint {cfg['init_checkpoint']!r} holds a "
-                       f"{init_cfg['model']} on {init_cfg['dataset']}, expected "
-                       f"{cfg['model']} on {cfg['dataset']}")
+    params0, init_cfg = load_init_checkpoint(cfg)
     log(f"initial model from {cfg['init_checkpoint']} (round {init_cfg['rounds']})")
   else:
     params0 = exp.model.init(jax.random.key(cfg['seed']))
@@ -370,28 +365,49 @@ def train(config, workdir: str, resume: bool = False,
   return summary
 
 
+def load_init_checkpoint(cfg: Mapping[str, Any]):
+  """Params and config of ``cfg['init_checkpoint']``, checked against ``cfg``.
+
+  Raises ``ValueError`` naming both when the checkpoint holds another model or
+  data set than ``cfg`` asks for, or when its run is unfinished (its checkpoint
+  holds fewer rounds than its config asked for): an experiment that starts
+  from "the trained model" must not silently start from a partial one.
+  """
+  _, params, init_cfg = restore(cfg['init_checkpoint'])
+  if (init_cfg['model'], init_cfg['dataset']) != (cfg['model'], cfg['dataset']):
+    raise ValueError(f"init_checkpoint {cfg['init_checkpoint']!r} holds a "
+                     f"{init_cfg['model']} on {init_cfg['dataset']}, expected "
+                     f"{cfg['model']} on {cfg['dataset']}")
+  if init_cfg['checkpoint_round'] < init_cfg['rounds']:
+    raise ValueError(f"init_checkpoint {cfg['init_checkpoint']!r} holds round "
+                     f"{init_cfg['checkpoint_round']} of {init_cfg['rounds']}: that run is "
+                     'unfinished; finish it with --resume first')
+  return params, init_cfg
+
+
 def restore(workdir: str):
   """Rebuilds the model of a ``train`` workdir and loads its parameters.
 
   Returns:
-    ``(model, params, config_dict)``.
+    ``(model, params, config_dict)``; ``config_dict`` is the run's config
+    plus ``'checkpoint_round'``, the number of rounds the checkpoint holds
+    (less than ``config_dict['rounds']`` if the run was interrupted).
   """
   cfg_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(cfg_path):
     raise FileNotFoundError(f'{cfg_path} not found: is {workdir!r} a workdir of launch.train?')
   with open(cfg_path) as f:
     cfg = json.load(f)
-  shapes = {'mnist': ((28, 28, 1), 10), 'emnist_digits': ((28, 28, 1), 10),
-            'cifar10': ((32, 32, 3), 10)}
-  input_shape, num_classes = shapes[cfg['dataset']]
+  input_shape, num_classes = data_lib.dataset_info(cfg['dataset'])
   model = models_lib.get_model(cfg['model'], input_shape, num_classes,
                                conv_impl=cfg.get('conv_impl') or None)
   template = model.init(jax.random.key(0))
   state = ckpt_lib.load(os.path.join(workdir, CHECKPOINT),
-                        (ServerStateTemplate(template), np.float64(0.0)))
-  return model, state[0].params, cfg
+                        (ServerStateTemplate(template, np.int32(0)), np.float64(0.0)))
+  return model, state[0].params, {**cfg, 'checkpoint_round': int(state[0].round)}
 
 
 class ServerStateTemplate(NamedTuple):
-  """Loads only ``params`` from a checkpoint (aggregator state is skipped)."""
+  """Loads ``params`` and ``round`` from a checkpoint (the rest is skipped)."""
   params: Any
+  round: Any

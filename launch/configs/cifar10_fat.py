@@ -12,7 +12,7 @@ settings, 7 steps of 2/255, half of every batch replaced by PGD examples and
 2 local epochs as in ``mnist_fat.py``; SGD lr 0.01 (momentum 0.9, weight
 decay 1e-4, batch 32; 0.05 as on MNIST is too large for this CNN without
 normalisation layers); training from a fresh initialisation for 3000 rounds
-(about 30 passes over the client data; the paper trains "until the model has
+(about 30 visits per client (60 local epochs); the paper trains "until the model has
 neared convergence"); PGD evaluation with 20 steps at 8/255 on the first 1000
 test points. This is a GPU job: on a 2-core CPU one round takes minutes.
 

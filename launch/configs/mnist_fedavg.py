@@ -89,7 +89,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.defender_loss_tol = 0.1
   c.defender_loss_atol = 1e-3
   c.defender_acc_atol = 0.0       # accuracy may drop to acc_ratio * ref - acc_atol
-  c.defender_loss_down_tol = None  # None: = loss_tol (the paper's two-sided rule)
+  # Allowed relative drop of the loss; unset: = loss_tol (the paper's two-sided rule).
+  c.defender_loss_down_tol = ml_collections.config_dict.placeholder(float)
   c.defender_checks = 'clean,pgd,cert_acc,cert_loss'
   # Evaluation.
   c.eval_every = 25

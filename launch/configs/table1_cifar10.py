@@ -23,6 +23,10 @@ attacker trains with lr 0.01 (backdoor: 2 epochs, distillation: 5 teacher and
 5 student epochs), as on MNIST but with distill_lr 0.01 instead of 0.1 (this
 CNN has no normalisation layers); Table 1 reports PGD accuracy with 20 steps on
 the first 1000 test points and certifies all 100 certification points. The
+defender uses the paper's rule (accuracies >= 90% of the last accepted
+round's, certifiable losses within +-10%): the wider band of
+``table1_mnist.py`` was fitted to measured MNIST round-to-round noise, which
+we could not measure on CIFAR-10 without a GPU. The
 column names print the radii as decimals (``certified_accuracy@0.00392157`` is
 1/255).
 
@@ -48,6 +52,8 @@ def get_config(arg: str = ''):
   c.init_checkpoint = 'workdirs/cifar10_fat'
   c.distill_lr = 0.01
   c.defender_val_points = 1000
+  c.defender_loss_tol = 0.1       # the paper's rule (see the docstring)
+  c.defender_acc_atol = 0.0
   # Table 1 evaluation (test set; certification set = the first num_cert train points).
   c.table_cert_points = 100
   c.table_pgd_points = 1000
