@@ -11,6 +11,7 @@ The smoke preset uses an MLP: DeepZono on the paper's ``cifar_cnn`` takes about
 models (Table 1) plus one per simulated round at 3 radii. ``ConfigTest`` checks
 that the full config uses ``cifar_cnn`` on 32x32x3 inputs.
 """
+import atexit
 import csv
 import json
 import math
@@ -105,8 +106,55 @@ class ConfigTest(absltest.TestCase):
       cifar10_fat.get_config('nope')
 
 
+_RUN = {}   # the experiment's outputs, once per process
+
+
+def _run_smoke_experiment(tfds):
+  """Runs the smoke experiment once per process (xdist may tear the class down
+  between two of its tests and set it up again; this keeps that cheap)."""
+  if _RUN:
+    return _RUN
+  tmp = tempfile.mkdtemp()
+  atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+  workdir = os.path.join(tmp, 'table1_cifar10')
+  data_dir = os.path.join(tmp, 'data')  # empty: TFDS (mocked) serves the data
+  os.makedirs(data_dir)
+  argv = ['experiment', f'--config={CONFIG}:smoke', f'--config.data_dir={data_dir}',
+          f'--workdir={workdir}', '--mode=all']
+  fl = flags.FLAGS
+  was_parsed = fl.is_parsed()
+  try:
+    # config_flags reads the --config.KEY overrides from sys.argv.
+    with _mock(tfds), mock.patch.object(sys, 'argv', argv):
+      fl(argv)
+      cfg = train_lib.config_to_dict(experiment._CONFIG.value)  # pylint: disable=protected-access
+      experiment.main([])
+      exp = train_lib.build_experiment(cfg)  # what the run saw (no compilation)
+  finally:
+    if was_parsed:
+      for name in ('config', 'workdir', 'mode'):
+        fl[name].unparse()
+    else:
+      fl.unparse_flags()
+  with open(os.path.join(workdir, 'table1.csv'), newline='') as f:
+    reader = csv.DictReader(f)
+    columns, rows = reader.fieldnames, list(reader)
+  _RUN.update(workdir=workdir, cfg=cfg, exp=exp, columns=columns, rows=rows)
+  return _RUN
+
+
 class CifarSmokeExperimentTest(absltest.TestCase):
-  """``python -m launch.experiment --config=...table1_cifar10.py:smoke`` on mock CIFAR-10."""
+  """``python -m launch.experiment --config=...table1_cifar10.py:smoke`` on mock CIFAR-10.
+
+  One test method with a sub-test per property: pytest-xdist would otherwise
+  hand the methods to different workers, each running the experiment.
+  """
+
+  def test_end_to_end(self):
+    for name in ('ran_on_cifar10_inputs', 'table1_files', 'table1_figures_in_range',
+                 'table1_decisions', 'simulation_counts'):
+      with self.subTest(name):
+        getattr(self, f'check_{name}')()
 
   @classmethod
   def setUpClass(cls):
@@ -114,33 +162,10 @@ class CifarSmokeExperimentTest(absltest.TestCase):
     cls.tfds = _tfds()
     if cls.tfds is None:
       raise absltest.SkipTest('tensorflow-datasets is not installed')
-    cls.tmp = tempfile.mkdtemp()
-    cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)  # also if setUpClass fails
-    cls.workdir = os.path.join(cls.tmp, 'table1_cifar10')
-    data_dir = os.path.join(cls.tmp, 'data')  # empty: TFDS (mocked) serves the data
-    os.makedirs(data_dir)
-    argv = ['experiment', f'--config={CONFIG}:smoke', f'--config.data_dir={data_dir}',
-            f'--workdir={cls.workdir}', '--mode=all']
-    fl = flags.FLAGS
-    was_parsed = fl.is_parsed()
-    try:
-      # config_flags reads the --config.KEY overrides from sys.argv.
-      with _mock(cls.tfds), mock.patch.object(sys, 'argv', argv):
-        fl(argv)
-        cls.cfg = train_lib.config_to_dict(experiment._CONFIG.value)  # pylint: disable=protected-access
-        experiment.main([])
-        cls.exp = train_lib.build_experiment(cls.cfg)  # what the run saw (no compilation)
-    finally:
-      if was_parsed:
-        for name in ('config', 'workdir', 'mode'):
-          fl[name].unparse()
-      else:
-        fl.unparse_flags()
-    with open(os.path.join(cls.workdir, 'table1.csv'), newline='') as f:
-      reader = csv.DictReader(f)
-      cls.columns, cls.rows = reader.fieldnames, list(reader)
+    for k, v in _run_smoke_experiment(cls.tfds).items():
+      setattr(cls, k, v)
 
-  def test_ran_on_cifar10_inputs(self):
+  def check_ran_on_cifar10_inputs(self):
     cfg, exp = self.cfg, self.exp
     self.assertEqual(cfg['dataset'], 'cifar10')
     self.assertEqual(exp.model.input_shape, (32, 32, 3))
@@ -161,7 +186,7 @@ class CifarSmokeExperimentTest(absltest.TestCase):
       self.assertIn(3072, [s[0] for s in kernels])
       self.assertEqual(model.apply(params, exp.test.x[:2]).shape, (2, 10))
 
-  def test_table1_files(self):
+  def check_table1_files(self):
     cfg = self.cfg
     e = f"{cfg['adv_eps']:g}"
     expected = ['model', 'clean_accuracy', f'pgd_accuracy@{e}', f'temp_pgd_accuracy@{e}',
@@ -179,7 +204,7 @@ class CifarSmokeExperimentTest(absltest.TestCase):
       self.assertTrue(line.startswith(f'| {name} |'), line)
       self.assertLen(line.strip('|').split(' | '), len(expected))
 
-  def test_table1_figures_in_range(self):
+  def check_table1_figures_in_range(self):
     cfg = self.cfg
     nc = cfg['table_cert_points']
     for row in self.rows:
@@ -200,7 +225,7 @@ class CifarSmokeExperimentTest(absltest.TestCase):
         k = float(row[f'certified_accuracy@{r:g}']) * nc
         self.assertAlmostEqual(k, round(k), places=4)
 
-  def test_table1_decisions(self):
+  def check_table1_decisions(self):
     ref, *attacked = self.rows
     self.assertEqual((ref['accepted'], ref['reason']), ('', 'reference'))
     for row in attacked:
@@ -234,7 +259,7 @@ class CifarSmokeExperimentTest(absltest.TestCase):
           if margin > 1e-4 * max(1.0, abs(loss_ref)):   # not on the boundary
             self.assertEqual(k not in failed, ok, (row['model'], k, row[k], ref[k]))
 
-  def test_simulation_counts(self):
+  def check_simulation_counts(self):
     cfg = self.cfg
     with open(os.path.join(self.workdir, 'simulation.json')) as f:
       res = json.load(f)
