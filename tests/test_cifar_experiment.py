@@ -279,6 +279,9 @@ class CifarSmokeExperimentTest(absltest.TestCase):
       with open(os.path.join(sub, 'rounds.jsonl')) as f:
         recs = [json.loads(l) for l in f]
       self.assertEqual([x['round'] for x in recs], list(range(1, cfg['sim_rounds'] + 1)))
+      for x in recs:  # per-round training figures
+        self.assertTrue(math.isfinite(x['train_loss']) and x['train_loss'] >= 0, x)
+        self.assertTrue(math.isfinite(x['aggregate_norm']) and x['aggregate_norm'] >= 0, x)
       for x in recs:  # the activation rule: >= attack_min_malicious sampled
         self.assertLen(set(x['client_ids']), cfg['clients_per_round'])
         n_mal = int(is_mal[x['client_ids']].sum())

@@ -327,7 +327,9 @@ def train(config, workdir: str, resume: bool = False,
     losses.append(rm.train_loss)
     r = int(state.round)  # rounds done
     if per_round:  # every attack and every defender decision, with its figures
-      rec = {'round': r, 'client_ids': rm.client_ids, **{f'attack/{k}': v for k, v in
+      rec = {'round': r, 'client_ids': rm.client_ids,
+             'train_loss': jnp.mean(rm.train_loss), 'aggregate_norm': rm.aggregate_norm,
+             **{f'attack/{k}': v for k, v in
              rm.attack.items() if k in ('active', 'num_malicious', 'crafted_norm')},
              **{f'defender/{k}': v for k, v in rm.defender.items()}}
       if exp.defender is not None:
