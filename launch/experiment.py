@@ -137,7 +137,8 @@ def run_simulation(cfg, workdir):
   for mode in modes:
     sub = os.path.join(workdir, f'sim_defender_{mode}')
     run_cfg = dict(cfg, attack=cfg['sim_attack'], defender=(mode == 'on'),
-                   rounds=cfg['sim_rounds'], eval_every=cfg['sim_rounds'],
+                   rounds=cfg['sim_rounds'],
+                   eval_every=cfg.get('sim_eval_every') or cfg['sim_rounds'],
                    checkpoint_every=cfg['sim_rounds'], eval_pgd_eps=(cfg['adv_eps'],),
                    eval_pgd_temperature=cfg['distill_temperature'])
     summary = train_lib.train(run_cfg, sub, log=_log)
@@ -190,6 +191,8 @@ def _plot(recs, path):
         ax.axvline(r['round'], color='red', alpha=0.3)
       if not r['defender/accept']:
         ax.plot(r['round'], r[k], 'kx')
+    if 'loss' in k:   # honest ~0.3-30, attacked up to ~1e4: a log axis shows both
+      ax.set_yscale('symlog', linthresh=0.1)
     ax.set_ylabel(k.split('/', 1)[1], fontsize=7)
   axes[-1, 0].set_xlabel('round (red: attack fired, x: rejected)')
   fig.tight_layout()

@@ -53,6 +53,7 @@ def get_config(arg: str = ''):
   c.sim_attack = 'distillation'
   c.sim_rounds = 40
   c.sim_modes = 'on,off'
+  c.sim_eval_every = 0          # test-set evaluation every N rounds (0: at the end only)
   if arg == 'smoke':
     c.init_checkpoint = ''
     c.model = 'mlp'
