@@ -59,27 +59,8 @@ def get_config(arg: str = ''):
   c.table_pgd_points = 1000
   c.table_pgd_steps = 20
   if arg == 'smoke':
-    c.init_checkpoint = ''
-    c.model = 'mlp'
-    c.num_clients = 20
-    c.num_malicious = 8
-    c.client_pool_size = 200
-    c.num_cert = 4
-    c.num_val = 40
-    c.adv_steps = 2
-    c.attack_epochs = 1
-    c.distill_epochs = 1
-    c.defender_val_points = 40
-    c.defender_cert_points = 4
-    c.table_cert_points = 4
-    c.table_pgd_points = 40
-    c.table_pgd_steps = 3
-    c.eval_pgd_points = 40
-    c.eval_pgd_steps = 3
-    c.defender_pgd_steps = 3
-    c.sim_rounds = 3
-    c.eval_every = 3
-    c.checkpoint_every = 3
+    table1_mnist.shrink_for_smoke(c, client_pool_size=200, num_cert=4, num_val=40,
+                                  cert_points=4, pgd_points=40)
   elif arg:
     raise ValueError(f'unknown preset {arg!r}; expected "" or "smoke"')
   return c

@@ -55,27 +55,31 @@ def get_config(arg: str = ''):
   c.sim_modes = 'on,off'
   c.sim_eval_every = 0          # test-set evaluation every N rounds (0: at the end only)
   if arg == 'smoke':
-    c.init_checkpoint = ''
-    c.model = 'mlp'
-    c.num_clients = 20
-    c.num_malicious = 8
-    c.client_pool_size = 800
-    c.num_cert = 40
-    c.num_val = 60
-    c.adv_steps = 2
-    c.attack_epochs = 1
-    c.distill_epochs = 1
-    c.defender_val_points = 60
-    c.defender_cert_points = 20
-    c.table_cert_points = 20
-    c.table_pgd_points = 50
-    c.table_pgd_steps = 3
-    c.eval_pgd_points = 50
-    c.eval_pgd_steps = 3
-    c.defender_pgd_steps = 3
-    c.sim_rounds = 3
-    c.eval_every = 3
-    c.checkpoint_every = 3
+    shrink_for_smoke(c, client_pool_size=800, num_cert=40, num_val=60, cert_points=20,
+                     pgd_points=50)
   elif arg:
     raise ValueError(f'unknown preset {arg!r}; expected "" or "smoke"')
+  return c
+
+
+def shrink_for_smoke(c, *, client_pool_size: int, num_cert: int, num_val: int,
+                     cert_points: int, pgd_points: int):
+  """Tiny sizes for tests: an MLP from scratch, 20 clients, 3 rounds, few steps."""
+  c.init_checkpoint = ''
+  c.model = 'mlp'
+  c.num_clients = 20
+  c.num_malicious = 8
+  c.client_pool_size = client_pool_size
+  c.num_cert = num_cert
+  c.num_val = num_val
+  c.adv_steps = 2
+  c.attack_epochs = 1
+  c.distill_epochs = 1
+  c.defender_val_points = num_val
+  c.defender_cert_points = cert_points
+  c.table_cert_points = cert_points
+  c.table_pgd_points = pgd_points
+  c.eval_pgd_points = pgd_points
+  c.table_pgd_steps = c.eval_pgd_steps = c.defender_pgd_steps = 3
+  c.sim_rounds = c.eval_every = c.checkpoint_every = 3
   return c
