@@ -30,10 +30,12 @@ we could not measure on CIFAR-10 without a GPU. The
 column names print the radii as decimals (``certified_accuracy@0.00392157`` is
 1/255).
 
-Cost: DeepZono on ``cifar_cnn`` takes 10-15 s per point and radius on a 2-core
-CPU (the first conv alone adds 32768 ReLU symbols). Table 1 certifies the 100
-points at 3 radii 8 times (the defender's reference and its 3 checks, the 4
-table rows) and the simulation once per defended round, so both are GPU jobs.
+Cost: DeepZono on ``cifar_cnn`` takes about 1.6 s per point and radius on a
+2-core CPU (``python benchmarks/certify.py --models=cifar_cnn``; the first conv
+alone adds 32768 ReLU symbols). Table 1 certifies the 100 points at 3 radii 8
+times (the defender's reference and its 3 checks, the 4 table rows), about an
+hour here, and the defended simulation 300 points per round (8 min), so both
+are GPU jobs in practice.
 Commands::
 
   python -m launch.train --config=launch/configs/cifar10_fat.py --workdir=workdirs/cifar10_fat
