@@ -303,10 +303,8 @@ def main(argv):
           dist = np.asarray(rm.attack['distances'])
           att_dist.append(float(dist[rep].mean()))
           hon_dist.append(float(np.median(dist[~rep])))
-          try:
+          if any(k in rm.diagnostics for k in attacks.SELECTION_KEYS):  # Krum / Multi-Krum
             selected.append(bool(attacks.attacker_selected(rm.diagnostics, rep)))
-          except ValueError:
-            pass
       clean = float(metrics.accuracy(model.apply, state.params, test.x, test.y))
       row = {
           'attack': attack_name, 'defence': defence,

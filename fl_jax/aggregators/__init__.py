@@ -4,6 +4,7 @@ from fl_jax.aggregators.base import aggregate
 from fl_jax.aggregators.base import chain
 from fl_jax.aggregators.base import ChainState
 from fl_jax.aggregators.base import EmptyState
+from fl_jax.aggregators.base import stateless_init
 from fl_jax.aggregators.base import sanitize
 from fl_jax.aggregators.base import weighted_mean
 from fl_jax.aggregators.bulyan import bulyan

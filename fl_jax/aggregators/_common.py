@@ -79,6 +79,12 @@ def prepare(updates, weights):
   return jnp.where(present, weights, 0.0), present, jnp.all(finite)
 
 
+def normalised(weights):
+  """``(total, weights / total)``, with coefficients 0 when ``total == 0``."""
+  total = jnp.sum(weights)
+  return total, jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
+
+
 def masked_dot(coef, m, present, all_finite):
   """``sum_i coef_i m_i`` over rows of float32 ``m [C, L]``, absent rows skipped.
 

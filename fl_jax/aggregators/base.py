@@ -50,6 +50,12 @@ class EmptyState(NamedTuple):
   """State of a stateless stage."""
 
 
+def stateless_init(template) -> EmptyState:
+  """``init`` of a rule that keeps no state between rounds."""
+  del template
+  return EmptyState()
+
+
 def sanitize(updates: StackedUpdates, weights: Array):
   """Zeros the weight and values of every non-finite client.
 
@@ -83,15 +89,12 @@ def weighted_mean() -> Aggregator:
   """
   from fl_jax.aggregators import _common  # pylint: disable=g-import-not-at-top
 
-  def init(template):
-    del template
-    return EmptyState()
+  init = stateless_init
 
   def update(updates, weights, state):
     _common.num_clients(updates, weights)
     weights, present, all_finite = _common.prepare(updates, weights)
-    total = jnp.sum(weights)
-    coef = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
+    total, coef = _common.normalised(weights)
     out = _common.weighted_rows(updates, coef, present, all_finite)
     return out, total[None], state, _common.diagnostics(present)
 

@@ -5,7 +5,7 @@ from jax import lax
 
 from fl_jax.aggregators import _common
 from fl_jax.aggregators import _order_stats
-from fl_jax.aggregators.base import Aggregator, EmptyState
+from fl_jax.aggregators.base import Aggregator, stateless_init
 from fl_jax.aggregators.krum import pairwise_sq_distances, SortedDistances
 from fl_jax.aggregators.median import median_block
 
@@ -84,9 +84,7 @@ def bulyan(num_byzantine: int) -> Aggregator:
   """
   f = _common.check_int('num_byzantine', num_byzantine)
 
-  def init(template):
-    del template
-    return EmptyState()
+  init = stateless_init
 
   def update(updates, weights, state):
     c = _common.num_clients(updates, weights)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 
 from fl_jax import tree_math
 from fl_jax.aggregators import _common
-from fl_jax.aggregators.base import Aggregator, EmptyState
+from fl_jax.aggregators.base import Aggregator, stateless_init
 
 
 def clip_norm(max_norm: float) -> Aggregator:
@@ -33,9 +33,7 @@ def clip_norm(max_norm: float) -> Aggregator:
   """
   max_norm = _common.check_float('max_norm', max_norm, positive=True)
 
-  def init(template):
-    del template
-    return EmptyState()
+  init = stateless_init
 
   def update(updates, weights, state):
     _common.num_clients(updates, weights)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fl_jax.aggregators import _common
-from fl_jax.aggregators.base import Aggregator, EmptyState
+from fl_jax.aggregators.base import Aggregator, stateless_init
 
 
 def geometric_median(nu: float = 1e-5, tol: float = 1e-1,
@@ -51,15 +51,12 @@ def geometric_median(nu: float = 1e-5, tol: float = 1e-1,
   tol = _common.check_float('tol', tol, positive=True)
   max_iters = _common.check_int('max_iters', max_iters, minimum=1)
 
-  def init(template):
-    del template
-    return EmptyState()
+  init = stateless_init
 
   def update(updates, weights, state):
     _common.num_clients(updates, weights)
     weights, present, all_finite = _common.prepare(updates, weights)
-    total = jnp.sum(weights)
-    alpha = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
+    total, alpha = _common.normalised(weights)
     mats = [_common.rows(x) for x in jax.tree.leaves(updates)]
 
     def distances(coef):

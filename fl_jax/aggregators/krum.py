@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from fl_jax import tree_math
 from fl_jax.aggregators import _common
-from fl_jax.aggregators.base import Aggregator, EmptyState
+from fl_jax.aggregators.base import Aggregator, stateless_init
 
 
 def pairwise_sq_distances(updates, present):
@@ -150,9 +150,7 @@ def krum(num_byzantine: int) -> Aggregator:
 
 def _krum_rule(name, f, m):
 
-  def init(template):
-    del template
-    return EmptyState()
+  init = stateless_init
 
   def update(updates, weights, state):
     c = _common.num_clients(updates, weights)

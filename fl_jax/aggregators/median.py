@@ -4,7 +4,7 @@ import jax.numpy as jnp
 
 from fl_jax.aggregators import _common
 from fl_jax.aggregators import _order_stats
-from fl_jax.aggregators.base import Aggregator, EmptyState
+from fl_jax.aggregators.base import Aggregator, stateless_init
 
 _METHODS = ('auto', 'network', 'bisect')
 
@@ -85,9 +85,7 @@ def median(method: str = 'auto') -> Aggregator:
   if method not in _METHODS:
     raise ValueError(f'median method must be one of {_METHODS}, got {method!r}')
 
-  def init(template):
-    del template
-    return EmptyState()
+  init = stateless_init
 
   def update(updates, weights, state):
     c = _common.num_clients(updates, weights)

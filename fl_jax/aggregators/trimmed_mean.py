@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from fl_jax.aggregators import _common
 from fl_jax.aggregators import _order_stats
-from fl_jax.aggregators.base import Aggregator, EmptyState
+from fl_jax.aggregators.base import Aggregator, stateless_init
 
 
 def trimmed_sum_block(vals, t, n):
@@ -67,9 +67,7 @@ def trimmed_mean(beta: float) -> Aggregator:
   if not 0.0 <= beta < 0.5:
     raise ValueError(f'trimmed_mean needs 0 <= beta < 0.5, got beta={beta!r}')
 
-  def init(template):
-    del template
-    return EmptyState()
+  init = stateless_init
 
   def update(updates, weights, state):
     c = _common.num_clients(updates, weights)

@@ -27,6 +27,7 @@ from fl_jax.attacks.local_training import make_local_trainer
 from fl_jax.attacks.metrics import attacker_selected
 from fl_jax.attacks.metrics import client_distances
 from fl_jax.attacks.metrics import selection_mask
+from fl_jax.attacks.metrics import SELECTION_KEYS
 from fl_jax.attacks.metrics import target_accuracy
 from fl_jax.attacks.participation import activation_rule
 from fl_jax.attacks.participation import attack_rounds
