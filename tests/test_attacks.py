@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import fl_test_utils
+
 from fl_jax import aggregators
 from fl_jax import attacks
 from fl_jax import client
@@ -24,13 +26,7 @@ def tree_close(test, a, b, **kw):
 
 
 def tiny_clients(num_clients=6, n=8, seed=0):
-  rng = np.random.default_rng(seed)
-  sizes = rng.integers(4, n + 1, size=num_clients)
-  x = rng.uniform(size=(num_clients, n, 4, 4, 1)).astype(np.float32)
-  y = rng.integers(0, 3, size=(num_clients, n)).astype(np.int32)
-  mask = np.arange(n)[None, :] < sizes[:, None]
-  return data_lib.ClientData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask),
-                             jnp.asarray(sizes, jnp.int32))
+  return fl_test_utils.tiny_clients(num_clients, n, seed, min_size=4, zero_padding=False)
 
 
 class ProjectionTest(parameterized.TestCase):
@@ -412,14 +408,7 @@ class ParticipationTest(parameterized.TestCase):
       attacks.fixed_pool(10, 2, 0, min_malicious=3)
 
 
-def shift_update(params, batch, mask, key, round_idx):
-  """A cheap client update with a known result: w_i = w + mean of its real x."""
-  del key, round_idx
-  m = mask.astype(jnp.float32)
-  shift = jnp.sum(batch.x.reshape(mask.shape[0], -1).mean(1) * m) / jnp.sum(m)
-  new = jax.tree.map(lambda p: p + shift, params)
-  return new, client.ClientMetrics(jnp.float32(0), jnp.sum(mask).astype(jnp.int32),
-                                   jnp.int32(1))
+shift_update = fl_test_utils.shift_update
 
 
 class RoundWithAttackTest(absltest.TestCase):

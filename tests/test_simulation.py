@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import fl_test_utils
+
 from fl_jax import aggregators
 from fl_jax import client
 from fl_jax import data as data_lib
@@ -22,15 +24,7 @@ from fl_jax.simulation import train as train_lib
 from launch.configs import mnist_fedavg
 
 
-def tiny_clients(num_clients=6, n=10, seed=0):
-  rng = np.random.default_rng(seed)
-  sizes = rng.integers(3, n + 1, size=num_clients)
-  x = rng.uniform(size=(num_clients, n, 4, 4, 1)).astype(np.float32)
-  y = rng.integers(0, 3, size=(num_clients, n)).astype(np.int32)
-  mask = np.arange(n)[None, :] < sizes[:, None]
-  x = np.where(mask[..., None, None, None], x, 0.0)
-  return data_lib.ClientData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask),
-                             jnp.asarray(sizes, jnp.int32))
+tiny_clients = fl_test_utils.tiny_clients
 
 
 class RoundTest(parameterized.TestCase):
@@ -45,13 +39,7 @@ class RoundTest(parameterized.TestCase):
 
   def test_fedavg_against_hand_weighted_mean(self):
     # A client update whose result is known: w_i = w + mean of its real x.
-    def fake_update(params, batch, mask, key, round_idx):
-      del key, round_idx
-      m = mask.astype(jnp.float32)
-      shift = jnp.sum(batch.x.reshape(mask.shape[0], -1).mean(1) * m) / jnp.sum(m)
-      new = jax.tree.map(lambda p: p + shift, params)
-      return new, client.ClientMetrics(jnp.float32(0), jnp.sum(mask).astype(jnp.int32),
-                                       jnp.int32(1))
+    fake_update = fl_test_utils.shift_update
     agg = aggregators.weighted_mean()
     fn = simulation.make_round_fn(fake_update, agg, num_clients=6, clients_per_round=6,
                                   seed=0)
