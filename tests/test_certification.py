@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend import core as jex_core
 
 from fl_jax import certification as cert
 from fl_jax import models
@@ -517,6 +518,30 @@ class ApiTest(absltest.TestCase):
         float(cert.mean_certifiable_loss(apply_fn, params, x, y, 0.1,
                                          chunk_size=3)),
         float(jnp.mean(r1.loss)), places=5)
+
+  def test_every_contraction_runs_in_full_float32(self):
+    # The models ask for the default precision (TF32 / bf16 passes on GPU and
+    # TPU); the bounds and their gradients must not inherit it.
+    def contractions(jaxpr, out):
+      for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
+          out.append(eqn.params['precision'])
+        for sub in jex_core.jaxprs_in_params(eqn.params):
+          contractions(sub, out)
+      return out
+
+    apply_fn, params = conv_net()
+    model_prec = contractions(
+        jax.make_jaxpr(apply_fn)(params, points((7, 7, 2))).jaxpr, [])
+    self.assertIn(None, model_prec)
+
+    def loss(p, x):
+      return jnp.sum(jnp.abs(cert.propagate(apply_fn, p, x, 0.1).generators))
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params, points((7, 7, 2)))
+    precs = contractions(jaxpr.jaxpr, [])
+    self.assertGreater(len(precs), 4)
+    highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
+    self.assertEqual([p for p in precs if p != highest], [])
 
   def test_jit_and_vmap_compose(self):
     apply_fn, params = dense_net()

@@ -34,6 +34,9 @@ from jax import lax
 # Use the dense Jacobian when the input has at most this many times as many
 # elements as one output reads (and the matrix is small).
 DENSE_FAN_IN_RATIO = 4
+# Every contraction the certifier emits runs in full float32: the GPU / TPU
+# default (TF32 / bf16 passes, ~1e-3 relative error) would make bounds unsound.
+EXACT = lax.Precision.HIGHEST
 DENSE_MAX_ELEMS = 1 << 22
 # Transposes whose space-to-depth conv would have at most this many output
 # channels (``prod(strides) * I``) use the GEMM + shifted-adds form.
@@ -69,7 +72,7 @@ class Conv:
   """
 
   def __init__(self, kernel_hwio, window_strides, padding, rhs_dilation,
-               lhs_spec, out_spec, in_shape, precision=None):
+               lhs_spec, out_spec, in_shape):
     self.k = kernel_hwio
     self.n_sp = kernel_hwio.ndim - 2
     self.strides = tuple(window_strides)
@@ -78,7 +81,7 @@ class Conv:
     self.lhs_spec = tuple(lhs_spec)
     self.out_spec = tuple(out_spec)
     self.in_shape = tuple(in_shape)
-    self.precision = precision
+    self.precision = EXACT
     n = self.n_sp
     rhs_spec = (n + 1, n) + tuple(range(n))
     self.dn = lax.ConvDimensionNumbers(self.lhs_spec, rhs_spec, self.out_spec)
@@ -108,19 +111,22 @@ class Conv:
 
   def __call__(self, x):
     if self.dense:
-      return (x.reshape(-1) @ self.matrix()).reshape(self.out_shape)
+      return jnp.matmul(x.reshape(-1), self.matrix(),
+                        precision=EXACT).reshape(self.out_shape)
     return self._conv(x, self.k)
 
   def abs(self, r):
     if self.dense:
-      return (r.reshape(-1) @ jnp.abs(self.matrix())).reshape(self.out_shape)
+      return jnp.matmul(r.reshape(-1), jnp.abs(self.matrix()),
+                        precision=EXACT).reshape(self.out_shape)
     return self._conv(r, jnp.abs(self.k))
 
   def transpose(self, ct):
     """Applies the transposed conv to ``ct[n, *out_shape]``."""
     if self.dense:
       rows = ct.shape[0]
-      return (ct.reshape(rows, -1) @ self.matrix().T).reshape(
+      return jnp.matmul(ct.reshape(rows, -1), self.matrix().T,
+                        precision=EXACT).reshape(
           (rows,) + self.in_shape)
     n = self.n_sp
     if int(np.prod(self.strides)) * self.k.shape[n] <= COL2IM_MAX_CHANNELS:
@@ -179,7 +185,8 @@ class Conv:
     rows = ct.shape[0]
     c, nb = self._to_nhwc(ct)
     out_sp = c.shape[1:1 + n]
-    cols = c @ kp.reshape(-1, co).T                 # [R, *P, taps * I]
+    cols = jnp.matmul(c, kp.reshape(-1, co).T,
+                      precision=EXACT)              # [R, *P, taps * I]
     shape = [c.shape[0]] + list(out_sp)
     for d, si in zip(d_max, s):
       shape += [d + 1, si]
@@ -259,6 +266,5 @@ def from_params(params, lhs_shape, rhs) -> Optional[Conv]:
     return None
   dn = params['dimension_numbers']
   return Conv(to_hwio(rhs, dn.rhs_spec), params['window_strides'], padding,
-              params['rhs_dilation'], dn.lhs_spec, dn.out_spec, lhs_shape,
-              params.get('precision'))
+              params['rhs_dilation'], dn.lhs_spec, dn.out_spec, lhs_shape)
 

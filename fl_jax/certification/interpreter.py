@@ -273,7 +273,7 @@ def _fused_conv(patch_op, params, invals, abs_i):
   kernel = kernel.at[idx].add(w)
   return conv_ops.Conv(kernel, pparams['window_strides'], pparams['padding'],
                        pparams['rhs_dilation'], pdn.lhs_spec, pdn.out_spec,
-                       in_shape, pparams.get('precision'))
+                       in_shape)
 
 
 def _im2col_conv(cat, params, invals, abs_i):
@@ -587,6 +587,10 @@ def _apply_rule(dom, eqn, invals):
   prim = eqn.primitive
   name = prim.name
   params = prim.get_bind_params(eqn.params)
+  if name in ('dot_general', 'conv_general_dilated'):
+    # Bounds must be computed in full float32 whatever the model asked for:
+    # TF32 / bf16 passes (the GPU / TPU default) would make them unsound.
+    params = dict(params, precision=(conv_ops.EXACT, conv_ops.EXACT))
   if name in _IDENTITY:
     outs = [v for v in invals]
     return outs if prim.multiple_results else outs[0]

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fl_jax.certification import local_chain
+from fl_jax.certification.conv_ops import EXACT
 
 # Mono(tonicity) classes for the exact |L| shortcut: 'both' = at most one
 # non-zero per row and per column (permutation / diagonal / slice / pad),
@@ -416,7 +417,8 @@ class Graph:
       for s in blocks:
         if s.index in cts:
           ct = cts[s.index].reshape(rows.shape[0], -1)
-          total = total + jnp.abs(ct) @ s.beta.reshape(-1)
+          total = total + jnp.matmul(jnp.abs(ct), s.beta.reshape(-1),
+                                     precision=EXACT)
       return total
 
     rb = self._row_block(node, targets)

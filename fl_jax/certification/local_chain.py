@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fl_jax.certification import conv_ops
+from fl_jax.certification.conv_ops import EXACT
 
 NHWC = (0, 3, 1, 2)
 
@@ -200,7 +201,8 @@ def local_radius(levels, targets, row_block: int):
         for beta_w, at in betas:
           if at == j:
             total = total + jnp.einsum('bcxyz,bxyz->bc', jnp.abs(ct),
-                                       beta_w[pos]).reshape(-1)
+                                       beta_w[pos],
+                                       precision=EXACT).reshape(-1)
         if j < len(scales):
           ct = ct * scales[j][pos][:, None]
       ct = ct.reshape((b * c_out, 1) + ct.shape[2:])
