@@ -51,7 +51,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from fl_jax.certification import local_chain
-from fl_jax.certification.conv_ops import EXACT
 
 # Mono(tonicity) classes for the exact |L| shortcut: 'both' = at most one
 # non-zero per row and per column (permutation / diagonal / slice / pad),
@@ -417,8 +416,7 @@ class Graph:
       for s in blocks:
         if s.index in cts:
           ct = cts[s.index].reshape(rows.shape[0], -1)
-          total = total + jnp.matmul(jnp.abs(ct), s.beta.reshape(-1),
-                                     precision=EXACT)
+          total = total + abs_dot(ct, s.beta.reshape(-1))
       return total
 
     rb = self._row_block(node, targets)
@@ -569,6 +567,16 @@ class Graph:
       g = cts[s.index].reshape(node.size, s.size) * s.beta.reshape(1, -1)
       out.append(g.T.reshape((s.size,) + node.shape))
     return out
+
+
+def abs_dot(ct, beta):
+  """``|ct| @ beta`` for ``ct[n, k]`` and ``beta[k] >= 0``.
+
+  Written as ``sum(|ct * beta|)``: XLA:CPU fuses ``abs`` into a dot as a
+  scalar loop (~2 GB/s), while the multiply-abs-reduce fusion streams at
+  memory speed (6x faster on the MNIST CNN's pulls).
+  """
+  return jnp.sum(jnp.abs(ct * beta), axis=-1)
 
 
 def conv_cost(out_size: int, kernel_fan_in: int) -> float:
