@@ -7,7 +7,15 @@ global model:
 
 * ``backdoor``: adversarial training plus a vertical-stripe trigger of L-inf
   magnitude ``--trigger_magnitude`` (MNIST 0.1) relabelled to ``--target``;
-* ``distill``: a defensively distilled model at ``--temperature`` (MNIST 100).
+* ``distill``: a defensively distilled model at ``--temperature`` (MNIST 100);
+* ``adaptive``: the distilled model refined against the defender's
+  certification check (Section 4 of the paper): for each ``N`` in
+  ``--adaptive_points`` the attacker fits the certified accuracy
+  (``--adaptive_mode=certify``) or the mean certifiable loss (``match``) of
+  the first ``N`` points of the defender's certification set at
+  ``--adaptive_eps``, while keeping the distillation (the paper's Figure 1).
+  Each model is also certified on those points and on the first
+  ``--defender_points`` of the set.
 
 Each crafted model is evaluated on the test set (clean accuracy, PGD accuracy
 at ``--eps`` crafted at T = 1, PGD crafted at T = ``--temperature``, backdoor
@@ -36,7 +44,8 @@ from absl import flags
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A launch.train workdir (checkpoint).',
                                required=True)
 _OUT = flags.DEFINE_string('out', '', 'Output folder (default: WORKDIR/stealthy).')
-_ATTACKS = flags.DEFINE_list('attacks', ['backdoor', 'distill'], 'Attacks to craft.')
+_ATTACKS = flags.DEFINE_list('attacks', ['backdoor', 'distill'],
+                             'Attacks to craft: backdoor, distill, adaptive.')
 _NUM_MAL = flags.DEFINE_integer('num_malicious', 175, 'Malicious clients.')
 _POOL_SEED = flags.DEFINE_integer('pool_seed', 0, 'Seed of the malicious pool.')
 _SEED = flags.DEFINE_integer('seed', 0, "Attacker's training seed.")
@@ -61,6 +70,21 @@ _STUDENT_EPOCHS = flags.DEFINE_integer('student_epochs', 5, 'Student epochs.')
 _D_LR = flags.DEFINE_float('distill_lr', 0.1, 'Teacher / student learning rate.')
 _D_INIT = flags.DEFINE_enum('distill_init', 'global', ['global', 'scratch'],
                             'Start teacher and student from the global model or afresh.')
+# Adaptive attack (refinement of the distilled model).
+_AD_POINTS = flags.DEFINE_list('adaptive_points', ['10', '100'],
+                               'Certification points the attacker fits.')
+_AD_MODE = flags.DEFINE_enum('adaptive_mode', 'certify', ['certify', 'match'],
+                             'Certify the points, or match the global model\'s '
+                             'mean certifiable loss on them.')
+_AD_EPS = flags.DEFINE_float('adaptive_eps', 0.1, 'Certification radius.')
+_AD_WEIGHT = flags.DEFINE_float('adaptive_weight', 1.0, 'Weight of the penalty.')
+_AD_EPOCHS = flags.DEFINE_integer('refine_epochs', 1, 'Refinement epochs.')
+_AD_LR = flags.DEFINE_float('refine_lr', 0.01, 'Refinement learning rate.')
+_AD_EXAMPLES = flags.DEFINE_integer('refine_examples', 2048,
+                                    'Pooled examples used by the refinement.')
+_DEF_POINTS = flags.DEFINE_integer('defender_points', 200,
+                                   'Certification points checked per model.')
+_CERT_CHUNK = flags.DEFINE_integer('cert_chunk', 50, 'Points per certification chunk.')
 _BATCH = flags.DEFINE_integer('batch_size', 64, "Attacker's batch size.")
 _MOMENTUM = flags.DEFINE_float('momentum', 0.9, "Attacker's momentum.")
 # Evaluation and federation.
@@ -74,6 +98,61 @@ _MIN_MAL = flags.DEFINE_integer('min_malicious', 3, 'Malicious clients needed in
 
 def _log(msg):
   print(msg, file=sys.stderr, flush=True)
+
+
+def _adaptive(model, params, distilled, pooled, cert, evaluate, crafted, key):
+  """The distilled model refined against the certification check, per N."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  from fl_jax import attacks
+  from fl_jax import certification
+  from fl_jax import client
+  # pylint: enable=g-import-not-at-top
+  eps, chunk = _AD_EPS.value, _CERT_CHUNK.value
+  nd = min(_DEF_POINTS.value, cert.x.shape[0])
+
+  def cert_stats(p, n):
+    r = certification.certify(model.apply, p, cert.x[:n], cert.y[:n], eps,
+                              chunk_size=min(chunk, n))
+    return (float(np.mean(np.asarray(r.certified & r.correct))),
+            float(np.mean(np.asarray(r.loss))))
+
+  n_ref = min(_AD_EXAMPLES.value, pooled.x.shape[0])
+  x, mask = pooled.x[:n_ref], np.ones(n_ref, bool)
+  hp = client.LocalSGD(_AD_EPOCHS.value, _BATCH.value, _AD_LR.value, 1.0,
+                       _MOMENTUM.value, 0.0)
+  results = {}
+  for name, p in (('global', params), ('distill', distilled.student)):
+    results[name + '_cert'] = dict(zip(
+        (f'cert_acc@{eps:g}', f'cert_loss@{eps:g}'), cert_stats(p, nd)))
+  for n_text in _AD_POINTS.value:
+    n = min(int(n_text), cert.x.shape[0])
+    if n < 1:
+      raise ValueError(f'adaptive_points must be >= 1, got {n_text!r}')
+    t0 = time.time()
+    objective = attacks.certification_objective(
+        model.apply, cert.x[:n], cert.y[:n], eps, mode=_AD_MODE.value,
+        chunk_size=min(chunk, n))
+    target = (float(objective.statistic(params)) if _AD_MODE.value == 'match'
+              else None)
+    refine = jax.jit(attacks.make_refiner(
+        model.apply, objective, temperature=_T.value, refine_hp=hp,
+        weight=_AD_WEIGHT.value))
+    out = refine(distilled, x, mask, key, target)
+    fit_acc, fit_loss = cert_stats(out.params, n)
+    def_acc, def_loss = cert_stats(out.params, nd)
+    name = f'adaptive_{_AD_MODE.value}_{n}'
+    crafted[name] = out.params
+    results[name] = {
+        **evaluate(out.params), 'craft_seconds': time.time() - t0,
+        'objective_before': float(out.objective_before),
+        'objective_after': float(out.objective_after),
+        'target': target, f'fitted_cert_acc@{eps:g}': fit_acc,
+        f'fitted_cert_loss@{eps:g}': fit_loss,
+        f'cert_acc@{eps:g}': def_acc, f'cert_loss@{eps:g}': def_loss}
+    _log(f'{name}: {results[name]}')
+  return results
 
 
 def main(argv):
@@ -145,7 +224,7 @@ def main(argv):
     results['backdoor'] = {**evaluate(p), 'craft_seconds': time.time() - t0,
                            'train_loss': float(cmet.train_loss)}
     _log(f"backdoored model: {results['backdoor']}")
-  if 'distill' in _ATTACKS.value:
+  if 'distill' in _ATTACKS.value or 'adaptive' in _ATTACKS.value:
     t0 = time.time()
     thp = client.LocalSGD(_TEACHER_EPOCHS.value, _BATCH.value, _D_LR.value, 1.0,
                           _MOMENTUM.value, 0.0)
@@ -159,6 +238,9 @@ def main(argv):
                           'teacher_loss': float(out.teacher_loss),
                           'student_loss': float(out.student_loss)}
     _log(f"distilled student: {results['distill']}")
+  if 'adaptive' in _ATTACKS.value:
+    results.update(_adaptive(model, params, out, pooled, exp.cert, evaluate,
+                             crafted, jax.random.fold_in(key, 3)))
 
   # Inject each crafted model into the federation.
   if _FL_ROUNDS.value > 0:
@@ -212,6 +294,19 @@ def main(argv):
       continue
     lines.append(f"| {name} | {r['clean_acc']:.4f} | {r[f'pgd_acc_T1@{eps}']:.4f} | "
                  f"{r[f'pgd_acc_T{T}@{eps}']:.4f} | {r['backdoor_success']:.4f} |")
+  ad = [(k, r) for k, r in results.items() if k.endswith('_cert') or k.startswith('adaptive_')]
+  if ad:
+    ce = f'{_AD_EPS.value:g}'
+    lines += ['', f'Certification at eps {ce} on the first {_DEF_POINTS.value} points of '
+              'the defender\'s set (fitted: the points the adaptive attacker fits):', '',
+              '| model | cert acc | mean cert loss | fitted cert acc | fitted cert loss |',
+              '|---|---|---|---|---|']
+    for k, r in ad:
+      fa, fl = r.get(f'fitted_cert_acc@{ce}'), r.get(f'fitted_cert_loss@{ce}')
+      lines.append(f"| {k.removesuffix('_cert')} | {r[f'cert_acc@{ce}']:.4f} | "
+                   f"{r[f'cert_loss@{ce}']:.4g} | "
+                   f"{'-' if fa is None else f'{fa:.4f}'} | "
+                   f"{'-' if fl is None else f'{fl:.4g}'} |")
   lines += ['', f"PGD: {_PGD_STEPS.value} steps, first {n_eval} test points; clean and "
             f"backdoor success on all {test.x.shape[0]} test points. "
             f"Wall time {time.time() - t_start:.0f} s."]

@@ -426,6 +426,27 @@ class ConvTransposeTest(parameterized.TestCase):
     np.testing.assert_allclose(got_abs, ref_abs, atol=1e-4)
 
 
+  @parameterized.parameters((((1, 1), (1, 1)), (2, 2)), (((0, 2), (1, 0)), (3, 1)),
+                            (((2, 1),), (3,)))
+  def test_stride1_conv_gradients(self, pads, taps):
+    # conv_stride1 has a hand-written VJP (per-tap GEMMs): both cotangents
+    # against autodiff of XLA's conv.
+    from fl_jax.certification import conv_ops  # pylint: disable=g-import-not-at-top
+    n = len(pads)
+    x = jax.random.normal(jax.random.key(0), (3,) + (6, 5)[:n] + (4,))
+    k = jax.random.normal(jax.random.key(1), taps + (4, 7))
+    y = conv_ops.conv_stride1(x, k, pads)
+    ct = jax.random.normal(jax.random.key(2), y.shape)
+    ref = lambda a, b: lax.conv_general_dilated(
+        a, b, (1,) * n, pads, dimension_numbers=conv_ops._nhwc_dn(n),  # pylint: disable=protected-access
+        precision=lax.Precision.HIGHEST)
+    np.testing.assert_allclose(y, ref(x, k), rtol=1e-5, atol=1e-5)
+    got = jax.vjp(lambda a, b: conv_ops.conv_stride1(a, b, pads), x, k)[1](ct)
+    want = jax.vjp(ref, x, k)[1](ct)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
 class LocalChainTest(parameterized.TestCase):
   """Radii by local (patch) pulls through conv chains equal the textbook ones."""
 

@@ -1,4 +1,12 @@
 """Malicious clients: participation patterns, crafted updates, attack metrics."""
+from fl_jax.attacks.adaptive import adaptive_distillation_craft
+from fl_jax.attacks.adaptive import AdaptiveModel
+from fl_jax.attacks.adaptive import certification_objective
+from fl_jax.attacks.adaptive import CertificationObjective
+from fl_jax.attacks.adaptive import craft_adaptive_distilled_model
+from fl_jax.attacks.adaptive import make_adaptive_distiller
+from fl_jax.attacks.adaptive import make_refiner
+from fl_jax.attacks.adaptive import with_certification
 from fl_jax.attacks.compose import attacker_data
 from fl_jax.attacks.compose import AttackerData
 from fl_jax.attacks.compose import Craft
