@@ -1,6 +1,8 @@
 """Contract suite over every aggregation rule, plus hand-computed cases."""
 import math
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -248,6 +250,21 @@ class OrderStatisticsTest(parameterized.TestCase):
     m = jnp.asarray(x)
     got = _order_stats.map_columns(lambda b: _order_stats.kth_smallest(b, 1), m, chunk=512)
     np.testing.assert_array_equal(np.asarray(got), np.sort(x, axis=0)[1])
+
+  def test_block_size_by_backend(self):
+    # CPU: L2-sized blocks; accelerators: large blocks (few kernel launches).
+    self.assertEqual(_order_stats.chunk_size(200, 'cpu'), 512)
+    self.assertEqual(_order_stats.chunk_size(10, 'cpu'), 4096)
+    self.assertEqual(_order_stats.chunk_size(200, 'gpu'), 1 << 18)
+    self.assertEqual(_order_stats.chunk_size(200, 'tpu'), 1 << 18)
+    # The same medians whatever the block (here: all columns in one block).
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 3000)).astype(np.float32)
+    with mock.patch.object(_order_stats.jax, 'default_backend', return_value='gpu'):
+      big, _ = agg1(A.median('bisect'), x)
+    small, _ = agg1(A.median('bisect'), x)
+    np.testing.assert_array_equal(np.asarray(big), np.asarray(small))
+    np.testing.assert_allclose(big, np.median(x, axis=0), rtol=1e-6, atol=1e-7)
 
   def test_trimmed_mean_matches_numpy(self):
     beta = 0.3

@@ -150,10 +150,21 @@ def kth_smallest(block, r):
   return from_keys(kth_key(to_keys(block), r))
 
 
-def chunk_size(num_clients: int) -> int:
-  """Coordinates per block: about 128K values (512 KiB, in L2), a power of two."""
-  target = max(1, (1 << 17) // max(num_clients, 1))
-  return int(min(4096, max(64, 1 << (target.bit_length() - 1))))
+def chunk_size(num_clients: int, backend: str = '') -> int:
+  """Coordinates per block, a power of two.
+
+  On CPU about 128K values (512 KiB, in L2). On an accelerator a block is
+  processed in parallel and each block costs a few dozen kernel launches, so
+  blocks are large (about 64M values, 256 MiB): with CPU-sized blocks the
+  median of 200 clients x 9.2M coordinates took 11 s on an H100.
+  """
+  backend = backend or jax.default_backend()
+  c = max(num_clients, 1)
+  if backend == 'cpu':
+    target = max(1, (1 << 17) // c)
+    return int(min(4096, max(64, 1 << (target.bit_length() - 1))))
+  target = max(1, (1 << 26) // c)
+  return int(max(64, 1 << (target.bit_length() - 1)))
 
 
 def map_columns(fn: Callable, x, chunk: int = 0):
