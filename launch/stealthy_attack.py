@@ -134,8 +134,14 @@ def _adaptive(model, params, distilled, pooled, cert, evaluate, crafted, key):
     objective = attacks.certification_objective(
         model.apply, cert.x[:n], cert.y[:n], eps, mode=_AD_MODE.value,
         chunk_size=min(chunk, n))
-    target = (float(objective.statistic(params)) if _AD_MODE.value == 'match'
-              else None)
+    target = None
+    if _AD_MODE.value == 'match':
+      target = float(objective.statistic(params))
+      if target <= 0:
+        raise ValueError(
+            f'the global model certifies all {n} points at eps {eps:g} (mean '
+            f'certifiable loss {target:g}); matching it means certifying them: '
+            'use --adaptive_mode=certify')
     refine = jax.jit(attacks.make_refiner(
         model.apply, objective, temperature=_T.value, refine_hp=hp,
         weight=_AD_WEIGHT.value))
