@@ -140,6 +140,22 @@ class RefinementTest(absltest.TestCase):
     tree_close(tree_math.tree_add(self.params, u), direct.params)
     self.assertEqual(set(info), {'objective_before', 'objective_after'})
 
+  def test_match_craft_targets_the_global_statistic(self):
+    match = attacks.certification_objective(self.model.apply, self.cx, self.cy,
+                                             EPS, mode='match')
+    craft = attacks.adaptive_distillation_craft(
+        self.model.apply, match, temperature=10.0, teacher_hp=self.hp,
+        student_hp=self.hp, refine_hp=self.refine_hp, weight=0.5,
+        match_global=True)
+    key = jax.random.key(1)
+    _, info = jax.jit(craft)(self.params, None, jnp.ones(2),
+                             jnp.array([True, False]), key, 0, self.adata)
+    target = float(match.statistic(self.params))
+    direct = self._craft(match, 0.5, target=target)
+    self.assertAlmostEqual(float(info['objective_after']),
+                           float(direct.objective_after), places=3)
+    self.assertLess(float(info['objective_after']), float(info['objective_before']))
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -10,8 +10,8 @@ itself as a differentiable penalty:
 1. distil a model (:mod:`fl_jax.attacks.distillation`): apparently robust
    under standard PGD, brittle under temperature-scaled PGD;
 2. refine it on ``soft-label loss at T + weight * objective`` (the
-   objective normalised by its value at the distilled model), where the
-   objective is one of
+   objective divided by ``max(its value at the distilled model, 1)``), where
+   the objective is one of
 
    * ``'certify'``: the mean certifiable loss (Eq. 3) over the certification
      set, ``mean_i max(0, max_{q != y_i} ub(z_q - z_{y_i}))``; it is zero
@@ -163,12 +163,13 @@ def make_refiner(apply_fn: ApplyFn, objective: CertificationObjective, *,
   """Builds ``refine(distilled, x, mask, key, target=None) -> AdaptiveModel``.
 
   Step 2 of the attack: starting from ``distilled.student``, local SGD on
-  ``soft-label loss at T + weight * objective / objective(student)``, the
-  soft labels being ``softmax(teacher(x) / T)`` (so the distillation is kept
-  while the certification statistics are fitted). The penalty is normalised
-  by its value at the distilled model (whose certifiable loss is in
-  T-times inflated logit units), so ``weight`` is its initial size next to
-  the soft-label loss. A pure, jit-able function.
+  ``soft-label loss at T + weight * objective / max(objective(student), 1)``,
+  the soft labels being ``softmax(teacher(x) / T)`` (so the distillation is
+  kept while the certification statistics are fitted). The division makes
+  ``weight`` the penalty's initial size next to the soft-label loss when the
+  distilled model is far off (its certifiable loss is in T-times inflated
+  logit units), without amplifying a penalty that is already small. A pure,
+  jit-able function.
   """
   _check_weight(weight)
   loss = soft_label_loss(apply_fn, temperature)
@@ -178,9 +179,10 @@ def make_refiner(apply_fn: ApplyFn, objective: CertificationObjective, *,
     q = lax.stop_gradient(soft_labels_chunked(apply_fn, distilled.teacher, x,
                                               temperature=temperature))
     before = objective(distilled.student, target)
-    # Normalised by its value at the distilled model: the penalty starts at
-    # ``weight`` whatever the scale of the logits (T-times inflated here).
-    scale = lax.stop_gradient(jnp.maximum(before, 1e-6))
+    # Divided by max(its value at the distilled model, 1): a large penalty
+    # (logits T-times inflated) starts at ``weight``; one already below 1
+    # (nearly certified / matched) is not amplified.
+    scale = lax.stop_gradient(jnp.maximum(before, 1.0))
     combined = with_certification(
         loss, lambda p, t: objective(p, t) / scale, weight, target)
     params, m = make_local_trainer(combined, refine_hp)(
