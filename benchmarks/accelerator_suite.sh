@@ -13,13 +13,18 @@ mkdir -p "$out"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(cd "$(dirname "$0")/.." && pwd)"
 export PYTHONUNBUFFERED=1
 quiet() { grep -v -E '^[IW][0-9]{4} ' ; }
+status() { echo "== $1 exit status $2 (124: stopped by its timeout)"; }
 
 python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax",
   flax.__version__, "optax", optax.__version__, jax.devices())' | tee "$out/versions.txt"
 timeout 900 python3 benchmarks/certify.py --num_points=1000 \
   --chunk_sizes=50,250,1000 --repeats=3 --compare_cpu 2>&1 | quiet | tee "$out/certify.txt"
+status certify "${PIPESTATUS[0]}"
 timeout 600 python3 benchmarks/round_speed.py --clients=5,50,200 \
   --modes=vmap,map:25,loop 2>&1 | quiet | tee "$out/round_speed.txt"
+status round_speed "${PIPESTATUS[0]}"
 timeout 600 python3 benchmarks/round_speed.py --clients=50,200 --adv_steps=10 \
   --modes=vmap,loop 2>&1 | quiet | tee "$out/round_speed_pgd.txt"
+status round_speed_pgd "${PIPESTATUS[0]}"
 timeout 300 python3 benchmarks/aggregators.py --skip_numpy 2>&1 | quiet | tee "$out/aggregators.txt"
+status aggregators "${PIPESTATUS[0]}"

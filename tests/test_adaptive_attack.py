@@ -79,6 +79,17 @@ class ObjectiveTest(absltest.TestCase):
       match(self.params, -1.0)
     with self.assertRaisesRegex(ValueError, 'weight.*nan'):
       attacks.with_certification(lambda *a: 0.0, match, float('nan'))
+    hp = client.LocalSGD()
+    kw = dict(temperature=10.0, teacher_hp=hp, student_hp=hp, refine_hp=hp,
+              weight=1.0)
+    with self.assertRaisesRegex(ValueError, 'exactly one'):
+      attacks.adaptive_distillation_craft(apply_fn, match, **kw)
+    with self.assertRaisesRegex(ValueError, 'exactly one'):
+      attacks.adaptive_distillation_craft(apply_fn, match, match_global=True,
+                                          target=0.5, **kw)
+    cert = attacks.certification_objective(apply_fn, self.cx, self.cy, EPS)
+    with self.assertRaisesRegex(ValueError, 'takes no target'):
+      attacks.adaptive_distillation_craft(apply_fn, cert, match_global=True, **kw)
 
 
 class RefinementTest(absltest.TestCase):

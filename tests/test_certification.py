@@ -551,14 +551,27 @@ class ApiTest(absltest.TestCase):
           contractions(sub, out)
       return out
 
-    apply_fn, params = conv_net()
-    model_prec = contractions(
-        jax.make_jaxpr(apply_fn)(params, points((7, 7, 2))).jaxpr, [])
+    from fl_jax.certification import conv_ops  # pylint: disable=g-import-not-at-top
+    k = jax.random.split(jax.random.key(5), 3)
+    params = {'c': 0.4 * jax.random.normal(k[0], (3, 3, 3, 4)),
+              'd1': 0.3 * jax.random.normal(k[1], (4 * 4 * 4, 6)),
+              'd2': 0.3 * jax.random.normal(k[2], (6, 3))}
+
+    def apply_fn(p, x):      # stride 2, 3 channels: the space-to-depth pull
+      h = jax.nn.relu(lax.conv_general_dilated(
+          x, p['c'], (2, 2), ((1, 1), (1, 1)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+      return jax.nn.relu(h.reshape(h.shape[0], -1) @ p['d1']) @ p['d2']
+    x = points((8, 8, 3), n=2)
+    model_prec = contractions(jax.make_jaxpr(apply_fn)(params, x).jaxpr, [])
     self.assertIn(None, model_prec)
 
     def loss(p, x):
-      return jnp.sum(jnp.abs(cert.propagate(apply_fn, p, x, 0.1).generators))
-    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params, points((7, 7, 2)))
+      return jnp.sum(cert.certify(apply_fn, p, x, jnp.array([0, 1]), 0.1).loss)
+    with mock.patch.object(conv_ops, 'conv_stride1',
+                           wraps=conv_ops.conv_stride1) as s2d:
+      jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params, x)
+    self.assertGreater(s2d.call_count, 0)
     precs = contractions(jaxpr.jaxpr, [])
     self.assertGreater(len(precs), 4)
     highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)

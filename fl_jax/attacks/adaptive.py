@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from fl_jax import certification
 from fl_jax import tree_math
@@ -115,7 +116,7 @@ def certification_objective(apply_fn: ApplyFn, cert_x, cert_y, eps, *,
   if cert_x.ndim < 2 or cert_y.shape != cert_x.shape[:1]:
     raise ValueError(f'cert_x [n, ...] and cert_y [n] must share n, got '
                      f'{cert_x.shape} and {cert_y.shape}')
-  if not isinstance(eps, jax.core.Tracer) and not float(eps) >= 0:
+  if not isinstance(eps, jax.core.Tracer) and not np.all(np.asarray(eps) >= 0):
     raise ValueError(f'eps must be >= 0, got {eps!r}')
 
   def statistic(params: Params) -> Array:
@@ -257,8 +258,8 @@ def adaptive_distillation_craft(apply_fn: ApplyFn,
                                 objective: CertificationObjective, *,
                                 temperature: float, teacher_hp: LocalSGD,
                                 student_hp: LocalSGD, refine_hp: LocalSGD,
-                                weight: float, match_global: bool = False
-                                ) -> Craft:
+                                weight: float, match_global: bool = False,
+                                target=None) -> Craft:
   """Crafting function (``fl_jax.attacks.make_attack``) of the adaptive attack.
 
   Args:
@@ -267,11 +268,20 @@ def adaptive_distillation_craft(apply_fn: ApplyFn,
     match_global: for mode ``'match'``: the target is the current global
       model's mean certifiable loss at the objective's radius (what the
       defender compares the next model against), recomputed every round.
+    target: for mode ``'match'`` without ``match_global``: a fixed target.
 
   Returns:
     A craft returning ``w_refined - w``; ``info``: ``objective_before``,
     ``objective_after`` (of the distilled and the refined model).
   """
+  if objective.mode == 'match' and match_global == (target is not None):
+    raise ValueError("mode 'match' needs exactly one of match_global=True or "
+                     f'a target, got match_global={match_global}, '
+                     f'target={target!r}')
+  if objective.mode == 'certify' and (match_global or target is not None):
+    raise ValueError("mode 'certify' takes no target (match_global="
+                     f'{match_global}, target={target!r})')
+  _check_target(target)
   craft_model = make_adaptive_distiller(
       apply_fn, objective, temperature=temperature, teacher_hp=teacher_hp,
       student_hp=student_hp, refine_hp=refine_hp, weight=weight)
@@ -279,10 +289,10 @@ def adaptive_distillation_craft(apply_fn: ApplyFn,
   def craft(global_params, updates, weights, malicious, key, round_idx,
             data: AttackerData):
     del updates, weights, malicious, round_idx
-    target = None
+    goal = target
     if match_global:
-      target = lax.stop_gradient(objective.statistic(global_params))
-    out = craft_model(global_params, data.x, data.y, data.mask, key, target)
+      goal = lax.stop_gradient(objective.statistic(global_params))
+    out = craft_model(global_params, data.x, data.y, data.mask, key, goal)
     return (tree_math.tree_sub(out.params, global_params),
             {'objective_before': out.objective_before,
              'objective_after': out.objective_after})

@@ -166,7 +166,8 @@ def _one_point(closed, apply_fn, params, x, y, eps, lo, hi, domain, strategy,
   certified = jnp.all(jnp.where(is_y, True, d_upper < 0))
   worst = jnp.max(jnp.where(is_y, -jnp.inf, d_upper))
   loss = jnp.maximum(worst, 0.0)
-  logits = apply_fn(params, x[None]).reshape(-1)
+  with jax.default_matmul_precision('highest'):   # same float32 as the bounds
+    logits = apply_fn(params, x[None]).reshape(-1)
   correct = jnp.argmax(logits) == y
   return CertResult(certified, correct, loss)
 
