@@ -100,6 +100,7 @@ def main(argv):
     print(f'== {name}: {n} points ({what}), conv impl '
           f'{_CONV.value or models.default_conv_impl()}', flush=True)
     chunks = sorted({max(1, min(n, int(c) // shrink)) for c in _CHUNKS.value})
+    flops_of = {}
     min_chunk = chunks[0]
     for domain in _DOMAINS.value:
       for chunk in chunks:
@@ -110,9 +111,11 @@ def main(argv):
         compile_s = time.perf_counter() - t0
         mem = compiled.memory_analysis()
         temp_mib = (getattr(mem, 'temp_size_in_bytes', 0) or 0) / 2**20
-        flops = _flops_per_point(model, params, x, y, domain)
+        if domain not in flops_of:          # the same for every chunk size
+          flops_of[domain] = _flops_per_point(model, params, x, y, domain)
+        flops = flops_of[domain]
         print(f'  {domain:8s} chunk {chunk:3d}: compile {compile_s:5.1f} s, '
-              f'{flops / 1e9:7.3f} GFLOP/point (XLA count, loops once), XLA temp memory '
+              f'{flops / 1e9:7.3f} GFLOP/point (XLA:CPU count, one point), XLA temp memory '
               f'{temp_mib:8.1f} MiB', flush=True)
         for e in _EPS.value:
           eps = float(e) * eps_scale

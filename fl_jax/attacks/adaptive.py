@@ -30,6 +30,7 @@ References:
   Zizzo, Rawat, Sinn, Maffeis, Hankin, "Certified Federated Adversarial
   Training", NFFL 2021, Section 4, Section 5.2 and Figure 1.
 """
+import functools
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -247,11 +248,19 @@ def craft_adaptive_distilled_model(apply_fn: ApplyFn, global_params: Params,
     :class:`AdaptiveModel`.
   """
   _check_target(target)
-  craft = jax.jit(make_adaptive_distiller(
-      apply_fn, objective, temperature=temperature, teacher_hp=teacher_hp,
-      student_hp=student_hp, refine_hp=refine_hp, weight=weight))
+  craft = _jitted_adaptive(apply_fn, objective, float(temperature), teacher_hp,
+                           student_hp, refine_hp, float(weight))
   init = global_params if init_params is None else init_params
   return craft(init, data.x, data.y, data.mask, key, target)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_adaptive(apply_fn, objective, temperature, teacher_hp, student_hp,
+                     refine_hp, weight):
+  """One compiled craft per setting (repeated calls do not recompile)."""
+  return jax.jit(make_adaptive_distiller(
+      apply_fn, objective, temperature=temperature, teacher_hp=teacher_hp,
+      student_hp=student_hp, refine_hp=refine_hp, weight=weight))
 
 
 def adaptive_distillation_craft(apply_fn: ApplyFn,
