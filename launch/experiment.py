@@ -95,7 +95,7 @@ def run_table1(cfg, workdir):
       part = forced_participation(attacks, is_mal, cfg['clients_per_round'], k,
                                   attacks.activation_rule(0, k))
       att = attacks.make_attack(part, train_lib.build_craft(dict(cfg, attack=name),
-                                                            exp.model)[0])
+                                                            exp.model, exp.cert)[0])
     fn = simulation.make_round_fn(exp.client_update, exp.aggregator,
                                   num_clients=cfg['num_clients'],
                                   clients_per_round=cfg['clients_per_round'], seed=cfg['seed'],

@@ -168,5 +168,44 @@ class RefinementTest(absltest.TestCase):
     self.assertLess(float(info['objective_after']), float(info['objective_before']))
 
 
+class SimulationTest(absltest.TestCase):
+  """``attack='adaptive'`` in a defended federated run (launch config path)."""
+
+  def _cfg(self, **kw):
+    from launch.configs import mnist_fedavg  # pylint: disable=g-import-not-at-top
+    cfg = mnist_fedavg.get_config('smoke').to_dict()
+    cfg.update(attack='adaptive', num_malicious=16, attack_min_malicious=1, rounds=2,
+               eval_every=2, checkpoint_every=2, defender=True, defender_cert_points=8,
+               defender_val_points=20, defender_checks='clean,cert_loss',
+               defender_cert_eps=(0.05,), distill_epochs=1, distill_temperature=10.0,
+               client_pool_size=400)
+    cfg.update(kw)
+    return cfg
+
+  def test_defended_rounds_with_the_adaptive_attacker(self):
+    import json  # pylint: disable=g-import-not-at-top
+    import os  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
+    from fl_jax.simulation import train as train_lib  # pylint: disable=g-import-not-at-top
+    workdir = tempfile.mkdtemp()
+    train_lib.train(self._cfg(), workdir, log=lambda *_: None)
+    recs = [json.loads(l) for l in open(os.path.join(workdir, 'rounds.jsonl'))]
+    self.assertLen(recs, 2)
+    for r in recs:
+      self.assertTrue(r['attack/active'])
+      self.assertGreaterEqual(r['attack/num_malicious'], 1)
+      self.assertTrue(np.isfinite(r['attack/crafted_norm']))
+      self.assertGreater(r['attack/crafted_norm'], 0.0)
+      self.assertIn(r['defender/accept'], (True, False))
+      self.assertTrue(np.isfinite(r['defender/certifiable_loss@0.05']))
+
+  def test_bad_config(self):
+    from fl_jax.simulation import train as train_lib  # pylint: disable=g-import-not-at-top
+    with self.assertRaisesRegex(ValueError, r'adaptive_points \(500\)'):
+      train_lib.build_experiment(self._cfg(adaptive_points=500))
+    with self.assertRaisesRegex(ValueError, 'mode'):
+      train_lib.build_experiment(self._cfg(adaptive_mode='exact'))
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -97,8 +97,12 @@ class Experiment(NamedTuple):
   trigger: Any = None           # the backdoor trigger [H, W, C] or None
 
 
-def build_craft(cfg, model):
-  """The crafting function of ``cfg['attack']`` and the trigger (or None)."""
+def build_craft(cfg, model, cert=None):
+  """The crafting function of ``cfg['attack']`` and the trigger (or None).
+
+  ``cert``: the defender's certification set (``Dataset``), which the
+  ``'adaptive'`` attacker knows (certified-FAT Section 4).
+  """
   from fl_jax import attacks  # pylint: disable=g-import-not-at-top
   name = cfg['attack']
   hp = client_lib.LocalSGD(cfg['attack_epochs'], cfg['attack_batch_size'], cfg['attack_lr'],
@@ -112,11 +116,29 @@ def build_craft(cfg, model):
         steps=cfg['adv_steps'], step_size=cfg['adv_step_size'],
         warmup_epochs=cfg['backdoor_warmup_epochs'])
     return craft, trigger
+  dhp = hp._replace(local_epochs=cfg['distill_epochs'], lr=cfg['distill_lr'])
   if name == 'distillation':
-    dhp = hp._replace(local_epochs=cfg['distill_epochs'], lr=cfg['distill_lr'])
     return attacks.distillation_craft(model.apply, temperature=cfg['distill_temperature'],
                                       teacher_hp=dhp, student_hp=dhp), None
-  raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor' or 'distillation'")
+  if name == 'adaptive':
+    if cert is None:
+      raise ValueError("attack 'adaptive' needs the defender's certification set")
+    n = cfg.get('adaptive_points') or cfg['defender_cert_points']
+    if not 0 < n <= cert.x.shape[0]:
+      raise ValueError(f'adaptive_points ({n}) must be in [1, num_cert={cert.x.shape[0]}]')
+    eps = cfg.get('adaptive_eps') or float(cfg['defender_cert_eps'][0])
+    mode = cfg.get('adaptive_mode', 'match')
+    objective = attacks.certification_objective(
+        model.apply, cert.x[:n], cert.y[:n], eps, mode=mode,
+        chunk_size=cfg.get('adaptive_chunk') or None)
+    rhp = hp._replace(local_epochs=cfg.get('adaptive_epochs', 1),
+                      lr=cfg.get('adaptive_lr', 0.02))
+    return attacks.adaptive_distillation_craft(
+        model.apply, objective, temperature=cfg['distill_temperature'],
+        teacher_hp=dhp, student_hp=dhp, refine_hp=rhp,
+        weight=cfg.get('adaptive_weight', 1.0), match_global=(mode == 'match')), None
+  raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor', 'distillation' "
+                   "or 'adaptive'")
 
 
 def attacker_pool(cfg, clients):
@@ -130,7 +152,7 @@ def attacker_pool(cfg, clients):
   return is_mal, data
 
 
-def build_attack(cfg, model, clients):
+def build_attack(cfg, model, clients, cert=None):
   """``(Attack, attack_data, is_malicious, trigger)`` of the config, or Nones."""
   if not cfg.get('attack'):
     return None, None, None, None
@@ -139,7 +161,7 @@ def build_attack(cfg, model, clients):
   part = attacks.fixed_pool(cfg['num_clients'], cfg['num_malicious'], cfg['malicious_seed'],
                             start_round=cfg['attack_start_round'],
                             min_malicious=cfg['attack_min_malicious'], is_malicious=is_mal)
-  craft, trigger = build_craft(cfg, model)
+  craft, trigger = build_craft(cfg, model, cert)
   return attacks.make_attack(part, craft), data, is_mal, trigger
 
 
@@ -231,7 +253,7 @@ def build_experiment(config) -> Experiment:
                            cfg['lr_decay'], cfg['momentum'], cfg['weight_decay'])
   client_update = client_lib.make_client_update(build_loss(cfg, model.apply), hp)
   aggregator = build_aggregator(cfg)
-  attack, attack_data, is_malicious, trigger = build_attack(cfg, model, clients)
+  attack, attack_data, is_malicious, trigger = build_attack(cfg, model, clients, cert)
   defender, defender_data = build_defender(cfg, model, cert, val)
   round_fn = make_round_fn(
       client_update, aggregator, num_clients=cfg['num_clients'],

@@ -58,7 +58,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.gm_max_iters = 500
   c.norm_bound = 0.0        # norm-difference clipping M (0 = off)
   c.dp_sigma = 0.0          # weak DP noise std (0 = off)
-  # Stealthy attack of the certified-FAT paper ('' | 'backdoor' | 'distillation'):
+  # Stealthy attack of the certified-FAT paper ('' | 'backdoor' | 'distillation' |
+  # 'adaptive'):
   # a fixed pool of malicious clients, active from attack_start_round whenever
   # at least attack_min_malicious of them are sampled together; they all send
   # one crafted model, trained on their pooled data from the global model.
@@ -78,6 +79,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.distill_temperature = 100.0
   c.distill_epochs = 5          # teacher and student epochs over the pooled data
   c.distill_lr = 0.1
+  # 'adaptive' (Section 4): the distilled model refined so that its certifiable
+  # loss on the defender's certification set matches the global model's
+  # (adaptive_mode 'match') or is zero ('certify').
+  c.adaptive_mode = 'match'
+  c.adaptive_points = 0         # certification points fitted (0: defender_cert_points)
+  c.adaptive_eps = 0.0          # radius (0: the first of defender_cert_eps)
+  c.adaptive_weight = 1.0
+  c.adaptive_epochs = 1         # refinement epochs over the pooled data
+  c.adaptive_lr = 0.02
+  c.adaptive_chunk = 0          # certification points per chunk (0: all at once)
   # Certified defender (certified-FAT Section 3): checks every aggregate on the
   # held-out sets and skips the round if it looks tampered with.
   c.defender = False
