@@ -31,7 +31,6 @@ References:
   Training", NFFL 2021, Section 4, Section 5.2 and Figure 1.
 """
 import functools
-import math
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -41,6 +40,7 @@ import numpy as np
 
 from fl_jax import certification
 from fl_jax import tree_math
+from fl_jax.adversarial.pgd import check_scalar
 from fl_jax.adversarial.training import soft_label_loss
 from fl_jax.attacks.compose import AttackerData
 from fl_jax.attacks.compose import Craft
@@ -55,20 +55,12 @@ MODES = ('certify', 'match')
 
 
 def _check_weight(weight) -> None:
-  if isinstance(weight, jax.core.Tracer):
-    return
-  w = float(weight)
-  if not math.isfinite(w) or w < 0:
-    raise ValueError(f'weight must be finite and >= 0, got {weight!r}')
+  check_scalar('weight', weight, nonnegative=True)
 
 
 def _check_target(target) -> None:
-  if target is None or isinstance(target, jax.core.Tracer):
-    return
-  t = float(target)
-  if not math.isfinite(t) or t <= 0:
-    raise ValueError(f"target must be a finite statistic > 0 for mode "
-                     f"'match', got {target!r} (use mode 'certify' for 0)")
+  if target is not None:   # mode 'match'; use mode 'certify' for a zero target
+    check_scalar('target', target, positive=True)
 
 
 class CertificationObjective:
