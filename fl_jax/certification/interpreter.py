@@ -485,7 +485,7 @@ class ZonotopeDomain:
     slope, shift, _ = relu_relaxation(lower, upper)
     cross = (lower < 0) & (upper > 0)
     src = self.graph.new_source(jnp.where(cross, -lower / 2,
-                                          jnp.zeros_like(lower)))
+                                          jnp.zeros_like(lower)), sparse=True)
     node = lg.diag_node(slope, lg.sum_node([v.node, src]))
     return LazyZono(slope * v.center + shift, node)
 
@@ -517,7 +517,7 @@ class ZonotopeDomain:
       return jnp.sum(keep * windows(g, 0.0), axis=-1)
     sel_op = lg.Op(select, [v.node], out_shape, center.dtype, abs_fn=select,
                    mono=lg.ROW, name='max_select', cost=float(lw.size))
-    src = self.graph.new_source(beta)
+    src = self.graph.new_source(beta, sparse=True)
     return LazyZono(center, lg.sum_node([sel_op, src]))
 
 

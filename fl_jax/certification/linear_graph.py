@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fl_jax.certification import local_chain
+from fl_jax.certification import windowed
 
 # Mono(tonicity) classes for the exact |L| shortcut: 'both' = at most one
 # non-zero per row and per column (permutation / diagonal / slice / pad),
@@ -63,10 +64,16 @@ CONV_COST_FACTOR = 4.0
 
 
 class Source:
-  """A block of error symbols: value ``beta * e``, ``e in [-1, 1]^shape``."""
+  """A block of error symbols: value ``beta * e``, ``e in [-1, 1]^shape``.
 
-  def __init__(self, beta, index: int):
+  ``sparse``: ``beta`` is expected to be zero at most elements (a ReLU
+  layer's fresh symbols exist only at crossing neurons); orders that can
+  skip zero columns then do.
+  """
+
+  def __init__(self, beta, index: int, sparse: bool = False):
     self.beta = beta
+    self.sparse = bool(sparse)
     self.shape = tuple(beta.shape)
     self.dtype = beta.dtype
     self.size = int(np.prod(self.shape, dtype=np.int64))
@@ -224,15 +231,19 @@ class Graph:
       block ``rows * widest node``; pulls with more rows are split into
       balanced row blocks run one after another by ``lax.map`` (small blocks
       keep the memory-bound passes in cache).
+    axis_name: name of the ``vmap`` axis over points when the propagation
+      runs vmapped with one (lets the windowed order pool sparse columns of
+      all points of a chunk, see ``windowed``); ``None`` otherwise.
   """
 
   def __init__(self, strategy: str = 'auto', max_block_elems: int = 1 << 24,
-               row_block_elems: int = 1 << 22):
+               row_block_elems: int = 1 << 22, axis_name: Optional[str] = None):
     if strategy not in ('auto', 'forward', 'backward'):
       raise ValueError(f'unknown strategy {strategy!r}')
     self.strategy = strategy
     self.max_block_elems = int(max_block_elems)
     self.row_block_elems = int(min(row_block_elems, max_block_elems))
+    self.axis_name = axis_name
     self.sources: List[Source] = []
     self._radius: Dict[int, jax.Array] = {}
     self._fwd: Dict[tuple, jax.Array] = {}
@@ -240,8 +251,8 @@ class Graph:
 
   # -- construction ---------------------------------------------------------
 
-  def new_source(self, beta) -> Source:
-    s = Source(beta, len(self.sources))
+  def new_source(self, beta, sparse: bool = False) -> Source:
+    s = Source(beta, len(self.sources), sparse)
     self.sources.append(s)
     return s
 
@@ -480,6 +491,10 @@ class Graph:
       r = jnp.zeros(node.shape, node.dtype)
       targets = frozenset(s.index for s in blocks)
       bwd_all = self._backward_cost(node, targets)
+      wplan = windowed.plan(node, blocks)
+      if (wplan is not None and wplan.flops < bwd_all and
+          wplan.elems <= self.max_block_elems):
+        return windowed.radius(wplan, self.axis_name)
       local = self._local_plan(node, blocks, bwd_all)
       if local is not None:
         return local_chain.local_radius(local, targets, self._local_row_block(local))

@@ -157,6 +157,71 @@ def _windows(arr, origin, size):
   return pad[ih[:, :, None], iw[:, None, :]]                    # [P, sh, sw, C]
 
 
+def _prepare(levels, targets):
+  """Static per-level data of a local pull: window convs, scales, sources."""
+  origins, sizes = _geometry(levels)
+  local_convs, per_level = [], []
+  for i, level in enumerate(levels):
+    c = level.conv
+    size_in = sizes[i + 1]
+    local_convs.append(conv_ops.Conv(
+        c.k, c.strides, ((0, 0), (0, 0)), (1, 1), NHWC, NHWC,
+        (1,) + size_in + (c.k.shape[2],)))
+    scales = [_windows(s, origins[i + 1], size_in) for s in level.scales]
+    betas = [(s, _windows(s.beta, origins[i + 1], size_in), at)
+             for s, at in level.sources if s.index in targets]
+    per_level.append((scales, betas))
+  return local_convs, per_level
+
+
+def _walk(levels, prepared, pos, visit):
+  """Pulls the rows of every channel at output positions ``pos`` back.
+
+  Calls ``visit(source, ct, beta_window)`` for every target source on the
+  chain, with ``ct[b, C_out, wh, ww, C_in]`` the rows on the source's
+  window (``b = len(pos)``) and ``beta_window[b, wh, ww, C_in]``.
+  """
+  local_convs, per_level = prepared
+  c_out = levels[0].conv.out_shape[3]
+  dtype = levels[0].conv.k.dtype
+  b = pos.shape[0]
+  # One-hot rows for every channel of these positions: [b * C, 1, 1, 1, C].
+  ct = jnp.broadcast_to(jnp.eye(c_out, dtype=dtype)[None],
+                        (b, c_out, c_out)).reshape(b * c_out, 1, 1, 1, c_out)
+  for i in range(len(levels)):
+    ct = local_convs[i].transpose(ct)                  # [b*C, 1, wh, ww, Cin]
+    scales, betas = per_level[i]
+    ct = ct[:, 0].reshape((b, c_out) + ct.shape[2:])  # [b, C, wh, ww, Cin]
+    for j in range(len(scales) + 1):
+      for s, beta_w, at in betas:
+        if at == j:
+          visit(s, ct, beta_w[pos])
+      if j < len(scales):
+        ct = ct * scales[j][pos][:, None]
+    ct = ct.reshape((b * c_out, 1) + ct.shape[2:])
+
+
+def local_rows(levels, targets):
+  """Rows of the chain's Jacobian on their windows, times the radii.
+
+  Returns ``{source index: rows[P, C_out, wh, ww, C_in]}`` for every target
+  source: ``rows[o, c]`` is ``L[(o, c), window(o)] * beta[window(o)]``
+  (zero where the window leaves the map), ``P`` the output positions in
+  row-major order, the window of ``o`` at the source's level as in
+  :func:`_geometry`.
+  """
+  prepared = _prepare(levels, targets)
+  out_shape = levels[0].conv.out_shape
+  pos = jnp.arange(out_shape[1] * out_shape[2])
+  rows = {}
+
+  def visit(s, ct, beta_w):
+    r = ct * beta_w[:, None]
+    rows[s.index] = rows[s.index] + r if s.index in rows else r
+  _walk(levels, prepared, pos, visit)
+  return rows
+
+
 def local_radius(levels, targets, row_block: int):
   """``sum_{s in targets} |L_s| beta_s`` for every output neuron.
 
@@ -169,44 +234,20 @@ def local_radius(levels, targets, row_block: int):
   Returns:
     ``[1, H, W, C]`` radius at the chain's output.
   """
-  origins, sizes = _geometry(levels)
   out_shape = levels[0].conv.out_shape
   n_pos, c_out = out_shape[1] * out_shape[2], out_shape[3]
   dtype = levels[0].conv.k.dtype
-  # Static per-level data: windows of every scale and source radius.
-  per_level = []
-  local_convs = []
-  for i, level in enumerate(levels):
-    c = level.conv
-    size_in = sizes[i + 1]
-    local_convs.append(conv_ops.Conv(
-        c.k, c.strides, ((0, 0), (0, 0)), (1, 1), NHWC, NHWC,
-        (1,) + size_in + (c.k.shape[2],)))
-    scales = [_windows(s, origins[i + 1], size_in) for s in level.scales]
-    betas = [(_windows(s.beta, origins[i + 1], size_in), pos)
-             for s, pos in level.sources if s.index in targets]
-    per_level.append((scales, betas))
+  prepared = _prepare(levels, targets)
 
   def block(pos):
-    # One-hot rows for every channel of these positions: [b * C, 1, 1, 1, C].
-    b = pos.shape[0]
-    ct = jnp.broadcast_to(jnp.eye(c_out, dtype=dtype)[None],
-                          (b, c_out, c_out)).reshape(b * c_out, 1, 1, 1, c_out)
-    total = jnp.zeros((b * c_out,), dtype)
-    for i, level in enumerate(levels):
-      ct = local_convs[i].transpose(ct)                  # [b*C, 1, wh, ww, Cin]
-      scales, betas = per_level[i]
-      ct = ct[:, 0].reshape((b, c_out) + ct.shape[2:])  # [b, C, wh, ww, Cin]
-      for j in range(len(scales) + 1):
-        for beta_w, at in betas:
-          if at == j:
-            total = total + jnp.einsum('bcxyz,bxyz->bc', jnp.abs(ct),
-                                       beta_w[pos],
-                                       precision=EXACT).reshape(-1)
-        if j < len(scales):
-          ct = ct * scales[j][pos][:, None]
-      ct = ct.reshape((b * c_out, 1) + ct.shape[2:])
-    return total
+    total = [jnp.zeros((pos.shape[0], c_out), dtype)]
+
+    def visit(s, ct, beta_w):
+      del s
+      total[0] = total[0] + jnp.einsum('bcxyz,bxyz->bc', jnp.abs(ct), beta_w,
+                                       precision=EXACT)
+    _walk(levels, prepared, pos, visit)
+    return total[0].reshape(-1)
 
   nb = -(-n_pos // row_block)
   rb = -(-n_pos // nb)

@@ -108,10 +108,15 @@ def _output_of(apply_fn, params, x_shape, dtype):
 ROW_BLOCK_ELEMS = 1 << 22
 
 
-def _run(closed, params, x, eps, lo, hi, domain, strategy, budgets):
+# Name of the vmap axis over the points of one chunk.
+_POINTS = 'fl_jax_certify_points'
+
+
+def _run(closed, params, x, eps, lo, hi, domain, strategy, budgets,
+         axis_name=None):
   """Propagates one point; (domain object, output abstract value)."""
   if domain == 'zonotope':
-    graph = linear_graph.Graph(strategy, *budgets)
+    graph = linear_graph.Graph(strategy, *budgets, axis_name=axis_name)
     dom = interpreter.ZonotopeDomain(graph)
   else:
     graph = None
@@ -139,8 +144,9 @@ def _zonotope_of(graph, out) -> Zonotope:
 
 
 def _one_point(closed, apply_fn, params, x, y, eps, lo, hi, domain, strategy,
-               budgets, what):
-  graph, out = _run(closed, params, x, eps, lo, hi, domain, strategy, budgets)
+               budgets, what, axis_name=None):
+  graph, out = _run(closed, params, x, eps, lo, hi, domain, strategy, budgets,
+                    axis_name)
   if domain == 'zonotope':
     z = _zonotope_of(graph, out)
     if what == 'propagate':
@@ -186,11 +192,30 @@ def _batched(apply_fn, params, x, y, eps, lo, hi, *, domain, strategy,
   budgets = (max(1, max_block_elems // chunk),
              max(1, min(ROW_BLOCK_ELEMS, max_block_elems) // chunk))
 
-  def one(args):
-    xi, yi, ei = args
+  def one(xi, yi, ei):
     return _one_point(closed, apply_fn, params, xi, yi, ei, lo, hi, domain,
-                      strategy, budgets, what)
-  return jax.lax.map(one, (x, y, eps), batch_size=chunk)
+                      strategy, budgets, what, _POINTS)
+
+  def chunk_fn(args):
+    return jax.vmap(one, axis_name=_POINTS)(*args)
+
+  # Chunks of ``chunk`` points, vmapped under a named axis (the windowed
+  # order pools the sparse columns of a chunk), mapped over by ``lax.map``;
+  # a last, shorter chunk runs on its own.
+  n_main = (n // chunk) * chunk
+  parts = []
+  if n_main:
+    main = jax.tree.map(
+        lambda a: a[:n_main].reshape((n // chunk, chunk) + a.shape[1:]),
+        (x, y, eps))
+    out = jax.lax.map(chunk_fn, main)
+    parts.append(jax.tree.map(
+        lambda a: a.reshape((n_main,) + a.shape[2:]), out))
+  if n_main < n:
+    parts.append(chunk_fn(jax.tree.map(lambda a: a[n_main:], (x, y, eps))))
+  if len(parts) == 1:
+    return parts[0]
+  return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def _call(apply_fn, params, x, y, eps, lo, hi, domain, chunk_size, strategy,
