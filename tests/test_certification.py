@@ -477,9 +477,11 @@ class LocalChainTest(parameterized.TestCase):
       return h.reshape(h.shape[0], -1)[:, :6]
 
     calls = []
-    real = local_chain.local_radius
+    real_radius, real_rows = local_chain.local_radius, local_chain.local_rows
     with mock.patch.object(local_chain, 'local_radius',
-                           lambda *a: calls.append(len(a[0])) or real(*a)):
+                           lambda *a: calls.append(len(a[0])) or real_radius(*a)), \
+         mock.patch.object(local_chain, 'local_rows',
+                           lambda *a: calls.append(len(a[0])) or real_rows(*a)):
       x = points((size, size, cin), n=2)
       for eps in (0.02, 0.2):
         zs = [cert.propagate(apply_fn, params, x, eps, strategy=s)

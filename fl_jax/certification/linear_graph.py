@@ -248,6 +248,7 @@ class Graph:
     self._radius: Dict[int, jax.Array] = {}
     self._fwd: Dict[tuple, jax.Array] = {}
     self._keep = []   # keeps nodes alive so id() keys stay unique
+    self._local_rows: Dict[tuple, jax.Array] = {}  # (chain top, block) -> rows
 
   # -- construction ---------------------------------------------------------
 
@@ -494,10 +495,12 @@ class Graph:
       wplan = windowed.plan(node, blocks)
       if (wplan is not None and wplan.flops < bwd_all and
           wplan.elems <= self.max_block_elems):
-        return windowed.radius(wplan, self.axis_name)
+        rows = {s.index: self._local_rows[(id(wplan.top), s.index)]
+                for s in blocks if (id(wplan.top), s.index) in self._local_rows}
+        return windowed.radius(wplan, self.axis_name, rows)
       local = self._local_plan(node, blocks, bwd_all)
       if local is not None:
-        return local_chain.local_radius(local, targets, self._local_row_block(local))
+        return self._local_radius(node, local, targets)
       for s in blocks:
         path = self._chain(node, s)
         col = _colouring(path, s) if path is not None else None
@@ -535,6 +538,30 @@ class Graph:
     if local_chain.cost(levels) * CONV_COST_FACTOR >= min(bwd_all, others):
       return None
     return levels
+
+  def _local_radius(self, node, levels, targets):
+    """Radius through a conv chain by the local pull.
+
+    When every row's window fits the memory budget at once, the rows are
+    kept (a dense layer above the chain reuses them, see ``windowed``).
+    """
+    _, sizes = local_chain._geometry(levels)  # pylint: disable=protected-access
+    out = levels[0].conv.out_shape
+    elems = sum(out[1] * out[2] * out[3] * sizes[i + 1][0] * sizes[i + 1][1]
+                * lv.conv.in_shape[3] for i, lv in enumerate(levels)
+                if any(s.index in targets for s, _ in lv.sources))
+    if elems > self.max_block_elems:
+      return local_chain.local_radius(levels, targets,
+                                      self._local_row_block(levels))
+    # The barrier keeps XLA:CPU from re-running the rows' GEMMs inside the
+    # reduction below (it fused them into one slow loop).
+    rows = jax.lax.optimization_barrier(local_chain.local_rows(levels, targets))
+    for index, v in rows.items():
+      self._local_rows[(id(node), index)] = v
+    self._keep.append(node)
+    r = sum(jnp.sum(jnp.abs(v).reshape(v.shape[0], v.shape[1], -1), axis=-1)
+            for v in rows.values())
+    return r.reshape(out)
 
   def _local_row_block(self, levels) -> int:
     """Output positions per block: window cotangents of ``row_block_elems``."""

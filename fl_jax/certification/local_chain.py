@@ -32,6 +32,8 @@ from fl_jax.certification import conv_ops
 from fl_jax.certification.conv_ops import EXACT
 
 NHWC = (0, 3, 1, 2)
+# A window's transposed conv runs as a dense GEMM up to this FLOP ratio.
+LOCAL_DENSE_RATIO = 8
 
 
 class Level:
@@ -164,9 +166,17 @@ def _prepare(levels, targets):
   for i, level in enumerate(levels):
     c = level.conv
     size_in = sizes[i + 1]
-    local_convs.append(conv_ops.Conv(
-        c.k, c.strides, ((0, 0), (0, 0)), (1, 1), NHWC, NHWC,
-        (1,) + size_in + (c.k.shape[2],)))
+    local = conv_ops.Conv(c.k, c.strides, ((0, 0), (0, 0)), (1, 1), NHWC,
+                          NHWC, (1,) + size_in + (c.k.shape[2],))
+    # Windows are small: their transposed convs run as one GEMM with the
+    # window's Jacobian when that costs at most LOCAL_DENSE_RATIO times the
+    # conv's FLOPs (XLA:CPU runs the strided transposes of such tiny maps
+    # as a chain of pads and adds).
+    fan_in = int(np.prod(c.k.shape[:-1]))
+    if (local.in_size <= LOCAL_DENSE_RATIO * fan_in
+        and local.in_size * local.out_size <= conv_ops.DENSE_MAX_ELEMS):
+      local.dense = True
+    local_convs.append(local)
     scales = [_windows(s, origins[i + 1], size_in) for s in level.scales]
     betas = [(s, _windows(s.beta, origins[i + 1], size_in), at)
              for s, at in level.sources if s.index in targets]

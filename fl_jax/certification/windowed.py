@@ -79,10 +79,14 @@ class _SourcePlan(NamedTuple):
   axes: tuple      # (_Axis, _Axis)
   c_in: int
   shape: tuple     # (nb, K, N)
+  columns: Optional[np.ndarray]   # sparse sources: [nb, N, K] index of each
+                                  # block column's entries in the source's
+                                  # flat local rows (-1: zero)
 
 
 class Plan(NamedTuple):
   node: object
+  top: object           # the chain's output node
   levels: list
   scales: list
   sources: List[_SourcePlan]
@@ -151,7 +155,32 @@ def _source_plan(s, level_i, levels, geometry):
   nb = axes[0].n_blocks * axes[1].n_blocks
   k_dim = axes[0].n_win * axes[1].n_win * c_out
   n_dim = axes[0].stride * axes[1].stride * c_in
-  return _SourcePlan(s, level_i, axes, c_in, (nb, k_dim, n_dim))
+  columns = None
+  if getattr(s, 'sparse', False):
+    columns = _column_index(axes, c_out, c_in, (oh_n, ow_n),
+                            sizes[level_i + 1])
+  return _SourcePlan(s, level_i, axes, c_in, (nb, k_dim, n_dim), columns)
+
+
+def _column_index(axes, c_out, c_in, out_hw, window):
+  """``[nb, N, K]``: flat local-row index of every block entry (-1: zero)."""
+  ah, aw = axes
+  (oh_n, ow_n), (wh, ww) = out_hw, window
+  bh, bw, ih, iw, ci, jh, jw, c = np.ix_(
+      np.arange(ah.n_blocks), np.arange(aw.n_blocks), np.arange(ah.stride),
+      np.arange(aw.stride), np.arange(c_in), np.arange(ah.n_win),
+      np.arange(aw.n_win), np.arange(c_out))
+  o_h, o_w = ah.lo + bh + jh, aw.lo + bw + jw
+  off_h = ah.shift + ih - jh * ah.stride
+  off_w = aw.shift + iw - jw * aw.stride
+  ok = ((o_h >= 0) & (o_h < oh_n) & (o_w >= 0) & (o_w < ow_n) & (off_h >= 0)
+        & (off_h < wh) & (off_w >= 0) & (off_w < ww))
+  flat = (((((o_h * ow_n + o_w) * c_out + c) * wh + off_h) * ww + off_w)
+          * c_in + ci)
+  full = np.broadcast_arrays(np.where(ok, flat, -1), bh, bw, ih, iw, ci, jh,
+                             jw, c)[0]
+  nb = ah.n_blocks * aw.n_blocks
+  return full.reshape(nb, ah.stride * aw.stride * c_in, -1).astype(np.int32)
 
 
 def plan(node, blocks) -> Optional[Plan]:
@@ -199,7 +228,7 @@ def plan(node, blocks) -> Optional[Plan]:
     return None
   identity = bool(np.all(chain_at == np.arange(chain_size)))
   elems = max([rows_elems] + [int(np.prod(sp.shape)) for sp in sources])
-  return Plan(node, levels, scales, sources, flops, elems,
+  return Plan(node, top, levels, scales, sources, flops, elems,
               None if identity else np.argsort(chain_at))
 
 
@@ -253,56 +282,86 @@ def _block_mask(beta, sp: _SourcePlan):
 
 
 def _window_weights(wc, sp: _SourcePlan):
-  """``fn(b) -> W[:, window(b)]`` as ``[n_out, K]`` (zero outside the map)."""
+  """``W[:, window(b)]`` for every block: ``[nb, n_out, K]``.
+
+  Static slices of the zero-padded weights, one per window slot, stacked
+  inside the row axis (no gather). Depends on the parameters only, so XLA
+  can hoist it out of the loop over chunks.
+  """
   ah, aw = sp.axes
   front = (max(0, -ah.lo), max(0, -aw.lo))
   back = (max(0, ah.lo + ah.n_blocks + ah.n_win - 1 - ah.out),
           max(0, aw.lo + aw.n_blocks + aw.n_win - 1 - aw.out))
   wp = jnp.pad(wc, ((0, 0), (front[0], back[0]), (front[1], back[1]), (0, 0)))
+  wp = jnp.transpose(wp, (1, 2, 0, 3))                 # [Hp, Wp, n_out, C]
+  pieces = []
+  for jh in range(ah.n_win):
+    for jw in range(aw.n_win):
+      h0, w0 = ah.lo + front[0] + jh, aw.lo + front[1] + jw
+      pieces.append(wp[h0:h0 + ah.n_blocks, w0:w0 + aw.n_blocks])
+  x = jnp.stack(pieces, axis=3)                    # [nb_h, nb_w, n_out, 9, C]
+  return x.reshape(sp.shape[0], wc.shape[0], -1)
 
-  def window(b):
-    bh, bw = b // aw.n_blocks, b % aw.n_blocks
-    start = (0, ah.lo + front[0] + bh, aw.lo + front[1] + bw, 0)
-    size = (wc.shape[0], ah.n_win, aw.n_win, wc.shape[3])
-    return jax.lax.dynamic_slice(wp, start, size).reshape(wc.shape[0], -1)
-  return window
 
-
-def _dense_radius(window, cols, n_pts):
+def _dense_radius(wg, cols, n_pts):
   """``sum_{b, n} |W_b @ R_b|`` per point: ``[n_out, P]``.
 
-  ``cols[nb, K, N * P]``: one ``[n_out, K] x [K, N P]`` GEMM per block, the
-  block's weights sliced from ``W`` inside the loop.
+  ``wg[nb, n_out, K]``, ``cols[nb, K, N * P]``: one ``[n_out, K] x [K, N P]``
+  GEMM per block.
   """
   def body(acc, xs):
-    b, cb = xs
-    out = jnp.dot(window(b), cb, precision=EXACT)           # [n_out, N P]
+    wb, cb = xs
+    out = jnp.dot(wb, cb, precision=EXACT)                  # [n_out, N P]
     return acc + jnp.sum(jnp.abs(out).reshape(-1, out.shape[1] // n_pts,
                                               n_pts), 1), None
-  acc = jnp.zeros((window(0).shape[0], n_pts), cols.dtype)
-  acc, _ = jax.lax.scan(body, acc, (jnp.arange(cols.shape[0]), cols))
+  acc = jnp.zeros((wg.shape[1], n_pts), cols.dtype)
+  acc, _ = jax.lax.scan(body, acc, (wg, cols))
   return acc
 
 
-def _pooled_radius(window, cols, mask, n_pts, width):
-  """Like :func:`_dense_radius` over the marked columns only.
+def _compact(mask, width):
+  """First ``width`` marked columns per row of ``mask[nb, M]``: ``[nb, W]``.
 
-  ``mask[nb, N * P]`` marks the columns to keep; each block keeps its first
-  ``width`` marked columns (``width`` >= every block's count), so the GEMMs
-  are ``[n_out, K] x [K, width]``.
+  Unused slots hold ``M``. A cumulative count and a scatter (no sort).
   """
-  order = jnp.argsort(~mask, axis=1, stable=True)[:, :width]    # [nb, W]
-  valid = jnp.take_along_axis(mask, order, axis=1).astype(cols.dtype)
-  sel = jnp.take_along_axis(cols, order[:, None, :], axis=2)    # [nb, K, W]
-  onehot = jax.nn.one_hot(order % n_pts, n_pts, dtype=cols.dtype)
-  onehot = onehot * valid[..., None]                            # [nb, W, P]
+  nb, m = mask.shape
+  pos = jnp.cumsum(mask, axis=1) - 1
+  pos = jnp.where(mask & (pos < width), pos, width)
+  table = jnp.full((nb, width + 1), m, jnp.int32)
+  table = table.at[jnp.arange(nb)[:, None], pos].set(
+      jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (nb, m)), mode='drop')
+  return table[:, :width]
+
+
+def _pooled_radius(wg, rows, mask, columns, width):
+  """Radius per point from the marked columns only: ``[n_out, P]``.
+
+  ``rows[P, R]``: every point's flat local rows; ``mask[nb, P, N]`` marks
+  the block columns with ``beta > 0``; ``columns[nb, N, K]`` indexes a block
+  column's entries in the flat rows. Each block keeps its first ``width``
+  marked (point, column) pairs (``width`` >= every block's count) and
+  gathers just those: ``[n_out, K] x [K, width]`` GEMMs.
+  """
+  n_pts, size = rows.shape
+  nb, _, n_dim = mask.shape
+  sel = _compact(mask.reshape(nb, -1), width)                   # [nb, W]
+  valid = sel < n_pts * n_dim
+  owner = jnp.minimum(sel // n_dim, n_pts - 1)
+  idx = jnp.take_along_axis(columns, (sel % n_dim)[:, :, None], axis=1)
+  idx = jnp.where((idx >= 0) & valid[..., None],
+                  idx + (owner * size)[..., None], n_pts * size)
+  flat = jnp.concatenate([rows.reshape(-1), jnp.zeros((1,), rows.dtype)])
+  vals = flat[idx]                                              # [nb, W, K]
+  onehot = jax.nn.one_hot(owner, n_pts, dtype=rows.dtype)
+  onehot = onehot * valid[..., None].astype(rows.dtype)         # [nb, W, P]
 
   def body(acc, xs):
-    b, cb, ob = xs
-    out = jnp.dot(window(b), cb, precision=EXACT)           # [n_out, W]
+    wb, vb, ob = xs
+    out = jax.lax.dot_general(wb, vb, (((1,), (1,)), ((), ())),
+                              precision=EXACT)              # [n_out, W]
     return acc + jnp.dot(jnp.abs(out), ob, precision=EXACT), None
-  acc = jnp.zeros((window(0).shape[0], n_pts), cols.dtype)
-  acc, _ = jax.lax.scan(body, acc, (jnp.arange(cols.shape[0]), sel, onehot))
+  acc = jnp.zeros((wg.shape[1], n_pts), rows.dtype)
+  acc, _ = jax.lax.scan(body, acc, (wg, vals, onehot))
   return acc
 
 
@@ -315,7 +374,7 @@ def _widths(full: int):
   return sorted(out)
 
 
-def radius(p: Plan, axis_name: Optional[str] = None):
+def radius(p: Plan, axis_name: Optional[str] = None, rows=None):
   """``sum_{s in plan} |W diag(lam) L_s| beta_s`` at the dense output.
 
   Args:
@@ -324,6 +383,8 @@ def radius(p: Plan, axis_name: Optional[str] = None):
       then pool the columns of all points of the chunk. ``None``: this point
       alone (correct under any transform; without the name, an outer
       ``vmap`` turns the width switch into a select over every width).
+    rows: ``{block index: local rows}`` (``local_chain.local_rows``) already
+      formed for the chain's own bounds; the others are formed here.
 
   Returns:
     Radius in the dense op's output shape.
@@ -339,33 +400,39 @@ def radius(p: Plan, axis_name: Optional[str] = None):
   scale = jnp.ones(chain_shape, dtype)
   for sc in p.scales:
     scale = scale * sc
-  rows = local_chain.local_rows(p.levels,
-                                frozenset(sp.source.index for sp in p.sources))
+  rows = dict(rows or {})
+  missing = frozenset(sp.source.index for sp in p.sources) - set(rows)
+  if missing:
+    rows.update(local_chain.local_rows(p.levels, missing))
 
-  def gather(v):     # [P, ...] over the chunk's points, points last
-    v = v[None] if axis_name is None else jax.lax.all_gather(v, axis_name)
-    return jnp.moveaxis(v, 0, -1)
+  def gather(v):     # [P, ...] over the chunk's points
+    return v[None] if axis_name is None else jax.lax.all_gather(v, axis_name)
   total = jnp.zeros((n_out,), dtype)
   me = 0 if axis_name is None else jax.lax.axis_index(axis_name)
   for sp in p.sources:
     r = rows[sp.source.index]                           # [P, C, wh, ww, Cin]
     r = r * scale.reshape(-1, chain_shape[3])[:, :, None, None, None]
-    r = r.reshape(tuple(chain_shape[1:]) + r.shape[2:])
-    rg = gather(r)                                      # [..., P]
-    n_pts = rg.shape[-1]
-    cols = _block_matrix(rg, sp)                        # [nb, K, N P]
-    window = _window_weights(wc, sp)
-    if not getattr(sp.source, 'sparse', False):
-      acc = _dense_radius(window, cols, n_pts)
+    rg = gather(r.reshape(tuple(chain_shape[1:]) + r.shape[2:]))
+    n_pts = rg.shape[0]
+    wg = _window_weights(wc, sp)                        # [nb, n_out, K]
+
+    def dense(rg, *_, sp=sp, wg=wg):
+      cols = _block_matrix(jnp.moveaxis(rg, 0, -1), sp)   # [nb, K, N P]
+      return _dense_radius(wg, cols, rg.shape[0])
+    if sp.columns is None:
+      acc = dense(rg)
     else:
-      mask = gather(_block_mask(sp.source.beta, sp))    # [nb, N, P]
-      mask = mask.reshape(mask.shape[0], -1)
-      widths = _widths(mask.shape[1])
-      need = jnp.max(jnp.sum(mask, axis=1))
+      mask = gather(_block_mask(sp.source.beta, sp))    # [P, nb, N]
+      mask = jnp.transpose(mask, (1, 0, 2))             # [nb, P, N]
+      widths = _widths(mask.shape[1] * mask.shape[2])
+      need = jnp.max(jnp.sum(mask, axis=(1, 2)))
       pick = jnp.sum(jnp.asarray(widths) < need)
-      branches = [functools.partial(_pooled_radius, window, n_pts=n_pts,
-                                    width=wd) for wd in widths[:-1]]
-      branches.append(lambda cols, mask: _dense_radius(window, cols, n_pts))
-      acc = jax.lax.switch(pick, branches, cols, mask)  # [n_out, P]
+      columns = jnp.asarray(sp.columns)
+      branches = [
+          lambda rg, mask, wd=wd, wg=wg, columns=columns:
+          _pooled_radius(wg, rg.reshape(rg.shape[0], -1), mask, columns, wd)
+          for wd in widths[:-1]]
+      branches.append(dense)
+      acc = jax.lax.switch(pick, branches, rg, mask)    # [n_out, P]
     total = total + acc[:, me]
   return total.reshape(node.shape)
