@@ -234,10 +234,16 @@ class Graph:
     axis_name: name of the ``vmap`` axis over points when the propagation
       runs vmapped with one (lets the windowed order pool sparse columns of
       all points of a chunk, see ``windowed``); ``None`` otherwise.
+    hoisted: ``('collect', store)`` or ``('use', store)``: values that depend
+      on the parameters only (see :meth:`param_only`) are computed by a
+      first, ``'collect'`` propagation of one point outside the loop over
+      chunks and read from ``store`` by the ones inside it, so XLA does not
+      recompute them for every chunk. ``None``: computed in place.
   """
 
   def __init__(self, strategy: str = 'auto', max_block_elems: int = 1 << 24,
-               row_block_elems: int = 1 << 22, axis_name: Optional[str] = None):
+               row_block_elems: int = 1 << 22, axis_name: Optional[str] = None,
+               hoisted: Optional[tuple] = None):
     if strategy not in ('auto', 'forward', 'backward'):
       raise ValueError(f'unknown strategy {strategy!r}')
     self.strategy = strategy
@@ -249,8 +255,28 @@ class Graph:
     self._fwd: Dict[tuple, jax.Array] = {}
     self._keep = []   # keeps nodes alive so id() keys stay unique
     self._local_rows: Dict[tuple, jax.Array] = {}  # (chain top, block) -> rows
+    self._hoisted = hoisted
+    self._n_param_only = 0
 
   # -- construction ---------------------------------------------------------
+
+  def param_only(self, fn: Callable[[], jax.Array]) -> jax.Array:
+    """``fn()``, a value of the parameters alone, hoisted when possible.
+
+    Calls are numbered in order; propagations of the same network make the
+    same calls, so the number identifies the value across them.
+    """
+    key = self._n_param_only
+    self._n_param_only += 1
+    if self._hoisted is None:
+      return fn()
+    mode, store = self._hoisted
+    if mode == 'use' and key in store:
+      return store[key]
+    value = fn()
+    if mode == 'collect':
+      store[key] = value
+    return value
 
   def new_source(self, beta, sparse: bool = False) -> Source:
     s = Source(beta, len(self.sources), sparse)
@@ -497,7 +523,7 @@ class Graph:
           wplan.elems <= self.max_block_elems):
         rows = {s.index: self._local_rows[(id(wplan.top), s.index)]
                 for s in blocks if (id(wplan.top), s.index) in self._local_rows}
-        return windowed.radius(wplan, self.axis_name, rows)
+        return windowed.radius(wplan, self.axis_name, rows, self.param_only)
       local = self._local_plan(node, blocks, bwd_all)
       if local is not None:
         return self._local_radius(node, local, targets)

@@ -113,10 +113,11 @@ _POINTS = 'fl_jax_certify_points'
 
 
 def _run(closed, params, x, eps, lo, hi, domain, strategy, budgets,
-         axis_name=None):
+         axis_name=None, hoisted=None):
   """Propagates one point; (domain object, output abstract value)."""
   if domain == 'zonotope':
-    graph = linear_graph.Graph(strategy, *budgets, axis_name=axis_name)
+    graph = linear_graph.Graph(strategy, *budgets, axis_name=axis_name,
+                               hoisted=hoisted)
     dom = interpreter.ZonotopeDomain(graph)
   else:
     graph = None
@@ -144,9 +145,9 @@ def _zonotope_of(graph, out) -> Zonotope:
 
 
 def _one_point(closed, apply_fn, params, x, y, eps, lo, hi, domain, strategy,
-               budgets, what, axis_name=None):
+               budgets, what, axis_name=None, hoisted=None):
   graph, out = _run(closed, params, x, eps, lo, hi, domain, strategy, budgets,
-                    axis_name)
+                    axis_name, hoisted)
   if domain == 'zonotope':
     z = _zonotope_of(graph, out)
     if what == 'propagate':
@@ -192,9 +193,17 @@ def _batched(apply_fn, params, x, y, eps, lo, hi, *, domain, strategy,
   budgets = (max(1, max_block_elems // chunk),
              max(1, min(ROW_BLOCK_ELEMS, max_block_elems) // chunk))
 
+  # Values of the parameters alone (e.g. windowed weights) are formed once,
+  # by propagating the first point outside the loop over chunks (the rest
+  # of that propagation is dead code, removed by XLA), and reused inside.
+  store = {}
+  if domain == 'zonotope' and n // chunk > 1:
+    _one_point(closed, apply_fn, params, x[0], y[0], eps[0], lo, hi, domain,
+               strategy, budgets, what, None, ('collect', store))
+
   def one(xi, yi, ei):
     return _one_point(closed, apply_fn, params, xi, yi, ei, lo, hi, domain,
-                      strategy, budgets, what, _POINTS)
+                      strategy, budgets, what, _POINTS, ('use', store))
 
   def chunk_fn(args):
     return jax.vmap(one, axis_name=_POINTS)(*args)

@@ -374,7 +374,8 @@ def _widths(full: int):
   return sorted(out)
 
 
-def radius(p: Plan, axis_name: Optional[str] = None, rows=None):
+def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
+           param_only=None):
   """``sum_{s in plan} |W diag(lam) L_s| beta_s`` at the dense output.
 
   Args:
@@ -385,6 +386,9 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None):
       ``vmap`` turns the width switch into a select over every width).
     rows: ``{block index: local rows}`` (``local_chain.local_rows``) already
       formed for the chain's own bounds; the others are formed here.
+    param_only: ``fn -> fn()`` for values of the parameters alone (the
+      windowed weights), e.g. ``Graph.param_only``, which hoists them out of
+      the loop over chunks.
 
   Returns:
     Radius in the dense op's output shape.
@@ -393,10 +397,13 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None):
   n_out = node.size
   dtype = node.dtype
   chain_shape = p.levels[0].conv.out_shape            # [1, Oh, Ow, C]
-  w2d = node.explicit_rows().reshape(n_out, -1)
-  if p.dense_at is not None:
-    w2d = jnp.take(w2d, jnp.asarray(p.dense_at), axis=1)
-  wc = w2d.reshape((n_out,) + tuple(chain_shape[1:]))
+  param_only = param_only or (lambda fn: fn())
+
+  def wc():
+    w2d = node.explicit_rows().reshape(n_out, -1)
+    if p.dense_at is not None:
+      w2d = jnp.take(w2d, jnp.asarray(p.dense_at), axis=1)
+    return w2d.reshape((n_out,) + tuple(chain_shape[1:]))
   scale = jnp.ones(chain_shape, dtype)
   for sc in p.scales:
     scale = scale * sc
@@ -414,7 +421,7 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None):
     r = r * scale.reshape(-1, chain_shape[3])[:, :, None, None, None]
     rg = gather(r.reshape(tuple(chain_shape[1:]) + r.shape[2:]))
     n_pts = rg.shape[0]
-    wg = _window_weights(wc, sp)                        # [nb, n_out, K]
+    wg = param_only(lambda sp=sp: _window_weights(wc(), sp))  # [nb, n_out, K]
 
     def dense(rg, *_, sp=sp, wg=wg):
       cols = _block_matrix(jnp.moveaxis(rg, 0, -1), sp)   # [nb, K, N P]
