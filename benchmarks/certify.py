@@ -3,20 +3,28 @@ r"""Points per second and peak memory of fl_jax.certification.
 For the MNIST and CIFAR-10 CNNs of the certified-FAT paper (Appendix D,
 padding 1), every domain, chunk size and eps, it prints the points certified
 per second (after compilation; the compile time is printed once per setting),
-XLA:CPU's FLOPs per point and the achieved GFLOP/s, the peak temporary memory of
+the FLOPs per point (``flop_count``: contractions in the jaxpr, loops
+expanded; a range where a width is picked at run time) and the achieved
+GFLOP/s, the peak temporary memory of
 the compiled program (XLA memory analysis: what one chunk needs) and the
 process's peak resident memory so far.
 
-Speed does not depend on the weights (all shapes are static), so freshly
-initialised models are used; the points are the first test images (MNIST
-from the repo's data folder; CIFAR-10 if it is available, else uniform
-noise of the right shape).
+Speed depends on the weights and eps through one thing: the windowed order
+(``fl_jax.certification.windowed``) pools only the ReLU symbols that exist
+(crossing neurons), so a trained model at small eps runs faster than a
+random one. ``--mnist_weights`` loads trained MNIST CNN weights (the ``.npz``
+that ``benchmarks/compare_art.py`` writes); otherwise freshly initialised
+models are used. The points are the first test images (MNIST from the
+repo's data folder; CIFAR-10 if it is available, else uniform noise of the
+right shape).
 
   python benchmarks/certify.py
   python benchmarks/certify.py --models=mnist_cnn --chunk_sizes=10,50 \
       --eps=0.02,0.1 --num_points=100
 """
+import os
 import resource
+import sys
 import time
 
 from absl import app
@@ -29,8 +37,14 @@ from fl_jax import certification
 from fl_jax import data as data_lib
 from fl_jax import models
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flop_count  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _MODELS = flags.DEFINE_list('models', ['mnist_cnn', 'cifar_cnn'],
                             'mnist_cnn and / or cifar_cnn.')
+_MNIST_WEIGHTS = flags.DEFINE_string(
+    'mnist_weights', '', 'Optional .npz of trained MNIST CNN weights '
+    '(keys <layer>_kernel / <layer>_bias, as compare_art.py writes them).')
 _DOMAINS = flags.DEFINE_list('domains', ['zonotope', 'interval'], 'Domains.')
 _EPS = flags.DEFINE_list('eps', ['0.02', '0.05', '0.1'],
                          'Radii (CIFAR-10 uses eps / 10, i.e. ~0.5-2.5/255).')
@@ -59,24 +73,18 @@ def _points(dataset, shape, n):
     return x, jnp.zeros((n,), jnp.int32), 'uniform noise'
 
 
-def _flops_per_point(model, params, x, y, domain) -> float:
-  """XLA:CPU's FLOP count of a one-point certification.
+def _flops_per_point(model, params, x, y, domain, chunk):
+  """(low, high) FLOPs per point: contractions in the jaxpr, loops expanded.
 
-  One point because XLA counts a loop body once; on the host CPU because
-  XLA:GPU's cost analysis leaves out the GEMMs it hands to cuBLAS (it
-  reported 5x fewer FLOPs for the MNIST CNN). The maths is the same on every
-  backend; loops over row blocks inside one point are still counted once,
-  so this is a lower bound where such loops run (the CIFAR-10 CNN).
+  See ``flop_count``: XLA's own cost analysis counts loop bodies once and,
+  on GPU, leaves out cuBLAS GEMMs. The range comes from ``lax.switch``
+  branches picked at run time (the windowed order's pooled width).
   """
-  host = jax.devices('cpu')[0]
-  fn = jax.jit(lambda p, a, b: certification.certify(
-      model.apply, p, a, b, 0.0, domain=domain, chunk_size=1))
-  with jax.default_device(host):
-    args = jax.device_put((params, x[:1], y[:1]), host)
-    cost = fn.lower(*args).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get('flops', float('nan')))
+  lo, hi = flop_count.flops(
+      lambda p, a, b: certification.certify(model.apply, p, a, b, 0.0,
+                                            domain=domain, chunk_size=chunk),
+      params, x, y)
+  return lo / x.shape[0], hi / x.shape[0]
 
 
 def _peak_rss_mib() -> float:
@@ -95,12 +103,16 @@ def main(argv):
     dataset, shape, shrink, eps_scale = _SPECS[name]
     model = models.get_model(name, shape, 10, conv_impl=_CONV.value or None)
     params = model.init(jax.random.key(0))
+    if name == 'mnist_cnn' and _MNIST_WEIGHTS.value:
+      w = np.load(_MNIST_WEIGHTS.value)
+      params = {k: {'kernel': jnp.asarray(w[f'{k}_kernel']),
+                    'bias': jnp.asarray(w[f'{k}_bias'])} for k in params}
+      print(f'weights from {_MNIST_WEIGHTS.value}')
     n = max(1, _NUM.value // shrink)
     x, y, what = _points(dataset, shape, n)
     print(f'== {name}: {n} points ({what}), conv impl '
           f'{_CONV.value or models.default_conv_impl()}', flush=True)
     chunks = sorted({max(1, min(n, int(c) // shrink)) for c in _CHUNKS.value})
-    flops_of = {}
     min_chunk = chunks[0]
     for domain in _DOMAINS.value:
       for chunk in chunks:
@@ -111,12 +123,10 @@ def main(argv):
         compile_s = time.perf_counter() - t0
         mem = compiled.memory_analysis()
         temp_mib = (getattr(mem, 'temp_size_in_bytes', 0) or 0) / 2**20
-        if domain not in flops_of:          # the same for every chunk size
-          flops_of[domain] = _flops_per_point(model, params, x, y, domain)
-        flops = flops_of[domain]
+        fl_lo, fl_hi = _flops_per_point(model, params, x, y, domain, chunk)
         print(f'  {domain:8s} chunk {chunk:3d}: compile {compile_s:5.1f} s, '
-              f'{flops / 1e9:7.3f} GFLOP/point (XLA:CPU count, one point), XLA temp memory '
-              f'{temp_mib:8.1f} MiB', flush=True)
+              f'{fl_lo / 1e9:.3f}-{fl_hi / 1e9:.3f} GFLOP/point (jaxpr count), '
+              f'XLA temp memory {temp_mib:8.1f} MiB', flush=True)
         for e in _EPS.value:
           eps = float(e) * eps_scale
           sec = cpu = float('inf')
@@ -128,7 +138,8 @@ def main(argv):
           acc = float(np.mean(np.asarray(res.certified & res.correct)))
           print(f'    eps {eps:.4f}: {n / sec:8.2f} points/s '
                 f'({sec / n * 1e3:8.2f} ms/point, CPU {cpu / n * 1e3:8.2f} '
-                f'ms/point, {flops / (sec / n) / 1e9:5.1f} GFLOP/s), '
+                f'ms/point, {fl_lo / (sec / n) / 1e9:.1f}-'
+                f'{fl_hi / (sec / n) / 1e9:.1f} GFLOP/s), '
                 f'certified accuracy {acc:.2f}, peak RSS {_peak_rss_mib():.0f} '
                 f'MiB{_peak_device_mib()}', flush=True)
           if (_VS_CPU.value and jax.default_backend() != 'cpu'
