@@ -30,16 +30,27 @@ the matrix chain is cheapest (the same numbers either way):
   transposed conv per layer, see ``local_chain``). For the CIFAR CNN's
   third and fourth convs this is about 10x fewer FLOPs than colouring or a
   full backward pull;
+* **windowed forward into a dense layer** (exact): a dense layer over a conv
+  chain gets its radii block by block: the symbols of a block of
+  ``stride x stride`` positions reach a fixed window of the chain's output,
+  so one GEMM of the dense weights restricted to that window with the block's
+  (local-pull) rows gives the block's coefficients, for all points of a
+  chunk at once; a ReLU layer's symbols exist only at crossing neurons, and
+  only those are gathered (pooled over the chunk). See ``windowed``;
 * **backward (adjoint)**: pull the ``n`` unit rows of ``v`` back through the
   transposed ops to all remaining blocks at once (in balanced row blocks, so
   memory stays bounded). A dense layer at the start of the pull costs
   nothing: its rows are the weight matrix itself.
 
 The planner compares ``k * (path FLOPs)``, ``colours * (path FLOPs)``,
-the local pull's FLOPs and ``n * (path FLOPs)``. For the MNIST CNN of Zizzo et al. (2021, App. D) the
-textbook forward order pushes every generator through the 1568 -> 1000 dense
-layer (about 20 GFLOP per point as XLA counts it); here the 1000 rows of that
-layer are pulled back through the convs instead (about 1 GFLOP).
+the local pull's FLOPs, the windowed GEMMs' FLOPs and ``n * (path FLOPs)``.
+For the MNIST CNN of Zizzo et al. (2021, App. D) the textbook forward order
+pushes every generator through the 1568 -> 1000 dense layer (about 20 GFLOP
+per point); pulling the 1000 rows of that layer back through the convs
+costs about 1.4 GFLOP in thin transposed convolutions; the windowed order
+costs 0.45 GFLOP of GEMMs for the input box plus, for the first ReLU layer's
+symbols, 0.13 GFLOP at eps = 0.02 (few crossing neurons) up to 1.05 GFLOP
+when most cross (counts from ``benchmarks/flop_count.py``).
 
 All of this runs at trace time on one example (vmap it over points); the
 arrays are ordinary traced JAX values, so jit, vmap and grad go through.
