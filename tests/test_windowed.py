@@ -123,6 +123,34 @@ class WindowedOrderTest(parameterized.TestCase):
                                  err_msg=k)
 
 
+  def test_weights_are_hoisted_out_of_the_chunk_loop(self):
+    # With several chunks, the windowed weights come from the collecting
+    # propagation outside the loop: every lookup inside it finds its value.
+    from fl_jax.certification import linear_graph  # pylint: disable=g-import-not-at-top
+    apply_fn, params = chain_dense_net(12, 1, [(4, 2, 1, 4), (4, 2, 1, 6)])
+    x = points((12, 12, 1), n=6)
+    seen = []
+    real = linear_graph.Graph.param_only
+
+    def spy(graph, fn):
+      mode_store = graph._hoisted
+      key = graph._n_param_only
+      seen.append((mode_store[0], key in mode_store[1]) if mode_store else None)
+      return real(graph, fn)
+    with mock.patch.object(linear_graph.Graph, 'param_only', spy):
+      jax.clear_caches()
+      z = cert.propagate(apply_fn, params, x, 0.05, chunk_size=2)
+    z_b = cert.propagate(apply_fn, params, x, 0.05, chunk_size=2,
+                         strategy='backward')
+    uses = [hit for mode, hit in filter(None, seen) if mode == 'use']
+    self.assertNotEmpty(uses)
+    self.assertTrue(all(uses), seen)
+    self.assertIn(('collect', False), seen)
+    np.testing.assert_allclose(jnp.abs(z.generators).sum(1),
+                               jnp.abs(z_b.generators).sum(1), rtol=1e-5,
+                               atol=TOL)
+
+
 class PiecesTest(absltest.TestCase):
 
   def test_axis_blocks_of_the_mnist_cnn(self):

@@ -17,9 +17,11 @@ the interval domain (IBP, the baseline). From the output zonotope ``z``:
   the difference zonotope) ``L(z, y) = max(0, max_{q != y} ub(z_q - z_y))``.
 
 Everything is jitted (one compilation per model function and shapes; the
-model's jaxpr is traced once per compilation), vmapped over points, run in
-chunks of ``chunk_size`` points with ``lax.map`` so memory stays bounded, and
-differentiable with respect to the parameters and the inputs.
+model's jaxpr is traced once per compilation), vmapped over points (under a
+named axis, so the windowed order can pool a chunk's sparse ReLU symbols),
+run in chunks of ``chunk_size`` points with ``lax.map`` so memory stays
+bounded (values of the parameters alone are formed once, outside that loop),
+and differentiable with respect to the parameters and the inputs.
 
 References:
   Zizzo, Rawat, Sinn, Maffeis, Hankin, "Certified Federated Adversarial
