@@ -20,8 +20,9 @@ of the chain. Here the product is formed forward, in blocks:
   one ``[n_out, K] x [K, N]`` product per block, with ``W[:, window]`` shared
   by every point of a chunk (one GEMM per block for the whole chunk under
   ``vmap``);
-* ``(lam L_s)[window, block]`` is gathered from the rows that the local
-  (patch) pull of ``local_chain`` gives every chain output on its window;
+* ``(lam L_s)[window, block]`` is cut (static slices; for sparse blocks, a
+  gather of the kept columns) from the rows that the local (patch) pull of
+  ``local_chain`` gives every chain output on its window;
 * every element of ``s`` lies in exactly one block, so summing
   ``|product| * beta`` over all blocks' columns is exactly ``rad``.
 
