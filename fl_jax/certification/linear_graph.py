@@ -582,12 +582,8 @@ class Graph:
     When every row's window fits the memory budget at once, the rows are
     kept (a dense layer above the chain reuses them, see ``windowed``).
     """
-    _, sizes = local_chain._geometry(levels)  # pylint: disable=protected-access
     out = levels[0].conv.out_shape
-    elems = sum(out[1] * out[2] * out[3] * sizes[i + 1][0] * sizes[i + 1][1]
-                * lv.conv.in_shape[3] for i, lv in enumerate(levels)
-                if any(s.index in targets for s, _ in lv.sources))
-    if elems > self.max_block_elems:
+    if local_chain.rows_size(levels, targets) > self.max_block_elems:
       return local_chain.local_radius(levels, targets,
                                       self._local_row_block(levels))
     # The barrier keeps XLA:CPU from re-running the rows' GEMMs inside the

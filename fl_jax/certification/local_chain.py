@@ -142,6 +142,15 @@ def cost(levels) -> float:
   return rows * total
 
 
+def rows_size(levels, targets) -> int:
+  """Elements of :func:`local_rows` for ``targets`` (one example)."""
+  _, sizes = _geometry(levels)
+  out = levels[0].conv.out_shape
+  return sum(out[1] * out[2] * out[3] * sizes[i + 1][0] * sizes[i + 1][1]
+             * lv.conv.in_shape[3] for i, lv in enumerate(levels)
+             for s, _ in lv.sources if s.index in targets)
+
+
 def _windows(arr, origin, size):
   """``arr[0, oh + i, ow + j, :]`` for every output position; zeros outside.
 

@@ -40,7 +40,6 @@ few sizes by ``lax.switch`` on the fullest block's count across the chunk.
 The GEMMs' width then follows the number of crossing neurons, not the layer
 width; the numbers are the same whichever width runs.
 """
-import functools
 from typing import List, NamedTuple, Optional
 
 import jax
@@ -76,7 +75,6 @@ class _Axis(NamedTuple):
 
 class _SourcePlan(NamedTuple):
   source: object
-  level: int
   axes: tuple      # (_Axis, _Axis)
   c_in: int
   shape: tuple     # (nb, K, N)
@@ -160,7 +158,7 @@ def _source_plan(s, level_i, levels, geometry):
   if getattr(s, 'sparse', False):
     columns = _column_index(axes, c_out, c_in, (oh_n, ow_n),
                             sizes[level_i + 1])
-  return _SourcePlan(s, level_i, axes, c_in, (nb, k_dim, n_dim), columns)
+  return _SourcePlan(s, axes, c_in, (nb, k_dim, n_dim), columns)
 
 
 def _column_index(axes, c_out, c_in, out_hw, window):
@@ -211,7 +209,7 @@ def plan(node, blocks) -> Optional[Plan]:
     return None
   geometry = local_chain._geometry(levels)  # pylint: disable=protected-access
   n_out = node.size
-  sources, flops, rows_elems = [], 0.0, 0
+  sources, flops = [], 0.0
   for i, level in enumerate(levels):
     for s, _ in level.sources:
       if s.index not in targets:
@@ -222,13 +220,11 @@ def plan(node, blocks) -> Optional[Plan]:
       sources.append(sp)
       nb, k_dim, n_dim = sp.shape
       flops += 2.0 * nb * n_out * k_dim * n_dim
-      _, wh_ww = geometry
-      wh, ww = wh_ww[i + 1]
-      rows_elems += chain_size * wh * ww * level.conv.in_shape[3]
   if {sp.source.index for sp in sources} != set(targets):
     return None
   identity = bool(np.all(chain_at == np.arange(chain_size)))
-  elems = max([rows_elems] + [int(np.prod(sp.shape)) for sp in sources])
+  elems = max([local_chain.rows_size(levels, targets)]
+              + [int(np.prod(sp.shape)) for sp in sources])
   return Plan(node, top, levels, scales, sources, flops, elems,
               None if identity else np.argsort(chain_at))
 
@@ -247,8 +243,7 @@ def _block_matrix(rows, sp: _SourcePlan):
   ah, aw = sp.axes
   pads = [(0, 0)] * rows.ndim
   starts = []
-  for d, (ax, pos_axis, win_axis) in enumerate(((ah, 0, 3), (aw, 1, 4))):
-    del d
+  for ax, pos_axis, win_axis in ((ah, 0, 3), (aw, 1, 4)):
     p_lo, p_hi = ax.lo, ax.lo + ax.n_win - 1 + ax.n_blocks
     w_lo = ax.shift - (ax.n_win - 1) * ax.stride
     w_hi = ax.shift + ax.stride
@@ -421,7 +416,6 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
     r = rows[sp.source.index]                           # [P, C, wh, ww, Cin]
     r = r * scale.reshape(-1, chain_shape[3])[:, :, None, None, None]
     rg = gather(r.reshape(tuple(chain_shape[1:]) + r.shape[2:]))
-    n_pts = rg.shape[0]
     wg = param_only(lambda sp=sp: _window_weights(wc(), sp))  # [nb, n_out, K]
 
     def dense(rg, *_, sp=sp, wg=wg):
