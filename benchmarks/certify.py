@@ -4,9 +4,9 @@ For the MNIST and CIFAR-10 CNNs of the certified-FAT paper (Appendix D,
 padding 1), every domain, chunk size and eps, it prints the points certified
 per second (after compilation; the compile time is printed once per setting),
 the FLOPs per point (``flop_count``: contractions in the jaxpr, loops
-expanded; a range where a width is picked at run time) and the achieved
-GFLOP/s, the peak temporary memory of
-the compiled program (XLA memory analysis: what one chunk needs) and the
+expanded; a range, as the windowed order picks its block widths at run
+time), the FLOPs that ran at each eps (``flop_count.executed``) and the
+achieved GFLOP/s, the peak temporary memory of the compiled program (XLA memory analysis: what one chunk needs) and the
 process's peak resident memory so far.
 
 Speed depends on the weights and eps through one thing: the windowed order
@@ -55,6 +55,9 @@ _NUM = flags.DEFINE_integer('num_points', 100,
 _CONV = flags.DEFINE_string('conv_impl', '', 'patches | xla (default: backend).')
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed runs per setting (the '
                                 'fastest is printed).')
+_STRATEGIES = flags.DEFINE_list(
+    'strategies', ['auto'], 'Association orders of the zonotope domain '
+    '(auto | backward | forward; see certification.certify).')
 _VS_CPU = flags.DEFINE_bool('compare_cpu', False, 'On an accelerator: also '
                             'certify on the host CPU and print the largest '
                             'difference of the certifiable losses.')
@@ -73,7 +76,7 @@ def _points(dataset, shape, n):
     return x, jnp.zeros((n,), jnp.int32), 'uniform noise'
 
 
-def _flops_per_point(model, params, x, y, domain, chunk):
+def _flops_per_point(model, params, x, y, domain, chunk, strategy):
   """(low, high) FLOPs per point: contractions in the jaxpr, loops expanded.
 
   See ``flop_count``: XLA's own cost analysis counts loop bodies once and,
@@ -82,7 +85,8 @@ def _flops_per_point(model, params, x, y, domain, chunk):
   """
   lo, hi = flop_count.flops(
       lambda p, a, b: certification.certify(model.apply, p, a, b, 0.0,
-                                            domain=domain, chunk_size=chunk),
+                                            domain=domain, chunk_size=chunk,
+                                            strategy=strategy),
       params, x, y)
   return lo / x.shape[0], hi / x.shape[0]
 
@@ -114,17 +118,22 @@ def main(argv):
           f'{_CONV.value or models.default_conv_impl()}', flush=True)
     chunks = sorted({max(1, min(n, int(c) // shrink)) for c in _CHUNKS.value})
     min_chunk = chunks[0]
-    for domain in _DOMAINS.value:
+    settings = [(d, s) for d in _DOMAINS.value
+                for s in (_STRATEGIES.value if d == 'zonotope' else ['auto'])]
+    for domain, strategy in settings:
       for chunk in chunks:
-        fn = jax.jit(lambda p, a, b, e, d=domain, c=chunk: certification.certify(
-            model.apply, p, a, b, e, domain=d, chunk_size=c))
+        fn = jax.jit(lambda p, a, b, e, d=domain, c=chunk, s=strategy:
+                     certification.certify(model.apply, p, a, b, e, domain=d,
+                                           chunk_size=c, strategy=s))
         t0 = time.perf_counter()
         compiled = fn.lower(params, x, y, 0.0).compile()
         compile_s = time.perf_counter() - t0
         mem = compiled.memory_analysis()
         temp_mib = (getattr(mem, 'temp_size_in_bytes', 0) or 0) / 2**20
-        fl_lo, fl_hi = _flops_per_point(model, params, x, y, domain, chunk)
-        print(f'  {domain:8s} chunk {chunk:3d}: compile {compile_s:5.1f} s, '
+        fl_lo, fl_hi = _flops_per_point(model, params, x, y, domain, chunk,
+                                        strategy)
+        label = domain if strategy == 'auto' else f'{domain}/{strategy}'
+        print(f'  {label:8s} chunk {chunk:3d}: compile {compile_s:5.1f} s, '
               f'{fl_lo / 1e9:.3f}-{fl_hi / 1e9:.3f} GFLOP/point (jaxpr count), '
               f'XLA temp memory {temp_mib:8.1f} MiB', flush=True)
         for e in _EPS.value:
@@ -136,10 +145,15 @@ def main(argv):
             sec = min(sec, time.perf_counter() - t0)
             cpu = min(cpu, time.process_time() - c0)
           acc = float(np.mean(np.asarray(res.certified & res.correct)))
+          ran = flop_count.executed(
+              lambda p, a, b, eps=eps, d=domain, c=chunk, s=strategy:
+              certification.certify(model.apply, p, a, b, eps, domain=d,
+                                    chunk_size=c, strategy=s),
+              params, x, y) / n
           print(f'    eps {eps:.4f}: {n / sec:8.2f} points/s '
                 f'({sec / n * 1e3:8.2f} ms/point, CPU {cpu / n * 1e3:8.2f} '
-                f'ms/point, {fl_lo / (sec / n) / 1e9:.1f}-'
-                f'{fl_hi / (sec / n) / 1e9:.1f} GFLOP/s), '
+                f'ms/point, {ran / 1e9:.3f} GFLOP/point ran, '
+                f'{ran / (sec / n) / 1e9:.1f} GFLOP/s), '
                 f'certified accuracy {acc:.2f}, peak RSS {_peak_rss_mib():.0f} '
                 f'MiB{_peak_device_mib()}', flush=True)
           if (_VS_CPU.value and jax.default_backend() != 'cpu'
@@ -149,7 +163,7 @@ def main(argv):
             ref = certification.certify(
                 model.apply, jax.device_put(params, host),
                 jax.device_put(x[:m], host), jax.device_put(y[:m], host), eps,
-                domain=domain, chunk_size=min(chunk, m))
+                domain=domain, chunk_size=min(chunk, m), strategy=strategy)
             diff = np.abs(np.asarray(res.loss[:m]) - np.asarray(ref.loss))
             same = np.mean(np.asarray(res.certified[:m])
                            == np.asarray(ref.certified))

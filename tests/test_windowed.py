@@ -79,16 +79,20 @@ class WindowedOrderTest(parameterized.TestCase):
     self.assertNotEmpty(calls)         # the windowed order did run
 
   def test_every_width_gives_the_same_radius(self):
-    # Only the full width (no compaction) against the default widths.
+    # Only the full width (no compaction), every width and the default
+    # widths give the same generators.
     apply_fn, params = chain_dense_net(12, 1, [(4, 2, 1, 4), (4, 2, 1, 6)])
     x = points((12, 12, 1), n=6)
     runs = []
-    for n_widths in (1, windowed.N_WIDTHS):
-      with mock.patch.object(windowed, 'N_WIDTHS', n_widths):
+    real = windowed._widths
+    for widths in (lambda full: [full], lambda full: list(range(full + 1)),
+                   real):
+      with mock.patch.object(windowed, '_widths', widths):
         jax.clear_caches()
         runs.append(cert.propagate(apply_fn, params, x, 0.02, chunk_size=3))
-    np.testing.assert_allclose(runs[0].generators, runs[1].generators,
-                               rtol=1e-5, atol=TOL)
+    for run in runs[1:]:
+      np.testing.assert_allclose(run.generators, runs[0].generators,
+                                 rtol=1e-5, atol=TOL)
 
   def test_without_a_named_axis(self):
     # One point at a time under a plain vmap: the width switch sees batched
@@ -170,9 +174,59 @@ class PiecesTest(absltest.TestCase):
     got = windowed._compact(mask, 3)
     np.testing.assert_array_equal(got, [[1, 2, 4], [5, 5, 5], [0, 1, 2]])
 
+  def test_block_radius_keeps_exactly_the_marked_columns(self):
+    # sum_b |W_b X_b| per point (columns m belong to point m % P), against a
+    # plain sum, with zero columns dropped at every width; a mask that drops
+    # a non-zero column must change the sum.
+    nb, n_out, k_dim, n_dim, n_pts = 3, 5, 4, 6, 2
+    key = jax.random.key(7)
+    wg = jax.random.normal(key, (nb, n_out, k_dim))
+    cols = jax.random.normal(jax.random.fold_in(key, 1),
+                             (nb, k_dim, n_dim * n_pts))
+    keep = np.array([[1] * 12, [1, 0] * 6, [0] * 11 + [1]], bool)
+    cols = cols * keep[:, None, :]
+    want = np.zeros((n_out, n_pts))
+    for b in range(nb):
+      prod = np.abs(np.asarray(wg[b]) @ np.asarray(cols[b]))
+      for m in range(n_dim * n_pts):
+        want[:, m % n_pts] += prod[:, m]
+
+    def fetch(cb, sel):
+      return cb if sel is None else jnp.take(cb, jnp.minimum(sel, 11), 1)
+    for widths in ([0, 12], [0, 1, 2, 4, 8, 12], list(range(13))):
+      got = windowed._block_radius(wg, jnp.asarray(keep), n_pts, fetch, cols,
+                                   widths)
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    short = keep.copy()
+    short[1, 2] = False
+    got = windowed._block_radius(wg, jnp.asarray(short), n_pts, fetch, cols,
+                                 [0, 1, 2, 4, 8, 12])
+    self.assertGreater(np.max(np.abs(np.asarray(got) - want)), 1e-3)
+
+  def test_counted_flops_follow_the_picked_widths(self):
+    # Block widths 12 (full: no owner product), 8 and 0 (widths [0, 4, 8,
+    # 12]): 2 n_out (12 K + 8 (K + P)) FLOPs, reported once per call.
+    nb, n_out, k_dim, n_pts = 3, 5, 4, 2
+    wg = jnp.ones((nb, n_out, k_dim))
+    cols = jnp.ones((nb, k_dim, 12))
+    keep = np.zeros((nb, 12), bool)
+    keep[0, :11] = True
+    keep[1, :6] = True
+    sink = []
+    with windowed.count_gemm_flops(sink):
+      jax.block_until_ready(jax.jit(
+          lambda w, c: windowed._block_radius(
+              w, jnp.asarray(keep), n_pts, lambda cb, s: cb if s is None
+              else jnp.take(cb, jnp.minimum(s, 11), 1), c, [0, 4, 8, 12],
+              report=True))(wg, cols))
+      jax.effects_barrier()
+    self.assertEqual(sink, [2.0 * n_out * (12 * k_dim + 8 * (k_dim + n_pts))])
+
   def test_widths(self):
-    self.assertEqual(windowed._widths(1600), [50, 100, 200, 400, 800, 1600])
-    self.assertEqual(windowed._widths(3), [1, 2, 3])
+    self.assertEqual(windowed._widths(400),
+                     [0, 8, 16, 24, 40, 64, 96, 136, 200, 288, 400])
+    self.assertEqual(windowed._widths(3), [0, 3])
+    self.assertEqual(windowed._widths(8), [0, 8])
 
 
 if __name__ == '__main__':

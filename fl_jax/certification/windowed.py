@@ -31,15 +31,20 @@ the input box forms 49 blocks of 4 x 4 pixels, each reaching 3 x 3 positions
 x 32 channels (``K = 288``): 0.45 GFLOP per point, in GEMMs, where the
 backward order spends about 0.9 GFLOP in thin transposed convolutions.
 
-Sparse blocks: a ReLU layer's fresh symbols are non-zero only at crossing
-neurons (at eps = 0.02 about 110 of the MNIST CNN's 3136 first-layer
-neurons). Columns with ``beta = 0`` add nothing, so for such blocks the
+Kept columns: most columns of a block are often zero. A ReLU layer's fresh
+symbols exist only at crossing neurons (at eps = 0.02 about 110 of the MNIST
+CNN's 3136 first-layer neurons), and an input pixel whose paths all end at
+inactive neurons reaches nothing (about half of them at eps = 0.02). The
 columns of every point of the chunk (``vmap`` with a named axis; see
-``axis_name``) are pooled per block and compacted to a width picked from a
-few sizes by ``lax.switch`` on the fullest block's count across the chunk.
-The GEMMs' width then follows the number of crossing neurons, not the layer
-width; the numbers are the same whichever width runs.
+``axis_name``) are pooled per block; the ones that may be non-zero (``beta >
+0`` for ReLU symbols; any non-zero entry for the input box) are compacted (a
+cumulative count and a scatter), and each block runs its GEMM at the
+smallest of a few widths that holds them (``lax.switch`` per block inside
+the scan over blocks). The GEMMs' FLOPs then follow the non-zero columns
+block by block, not the layer width; the numbers are the same whichever
+width runs.
 """
+import contextlib
 from typing import List, NamedTuple, Optional
 
 import jax
@@ -49,8 +54,31 @@ import numpy as np
 from fl_jax.certification import local_chain
 from fl_jax.certification.conv_ops import EXACT
 
-# Widths tried for a sparse block's pooled columns: full / 2^k, k < this.
-N_WIDTHS = 6
+# A block's kept columns are padded to the next of the widths 0, MIN_WIDTH,
+# then growing by WIDTH_GROWTH (rounded up to a multiple of MIN_WIDTH), and
+# all of them.
+MIN_WIDTH = 8
+WIDTH_GROWTH = 2 ** 0.5
+_FLOP_SINKS: List[list] = []
+
+
+@contextlib.contextmanager
+def count_gemm_flops(sink: list):
+  """Report the FLOPs of the block GEMMs that run, for benchmarks.
+
+  The windowed order's work depends on the data (each block's width is
+  picked at run time), so a count from the program alone is a range.
+  Radii traced inside this context append to ``sink``, when they run, the
+  FLOPs (``2 * MACs``) of the widths they picked: one number per chunk and
+  symbol block. Only the radii pooled over a named ``vmap`` axis report
+  (those of the chunk loop of ``certify``), so a one-point propagation
+  outside it is not counted.
+  """
+  _FLOP_SINKS.append(sink)
+  try:
+    yield sink
+  finally:
+    _FLOP_SINKS.remove(sink)
 _PERMUTATIONS = ('reshape', 'transpose', 'squeeze', 'expand_dims')
 
 
@@ -299,22 +327,6 @@ def _window_weights(wc, sp: _SourcePlan):
   return x.reshape(sp.shape[0], wc.shape[0], -1)
 
 
-def _dense_radius(wg, cols, n_pts):
-  """``sum_{b, n} |W_b @ R_b|`` per point: ``[n_out, P]``.
-
-  ``wg[nb, n_out, K]``, ``cols[nb, K, N * P]``: one ``[n_out, K] x [K, N P]``
-  GEMM per block.
-  """
-  def body(acc, xs):
-    wb, cb = xs
-    out = jnp.dot(wb, cb, precision=EXACT)                  # [n_out, N P]
-    return acc + jnp.sum(jnp.abs(out).reshape(-1, out.shape[1] // n_pts,
-                                              n_pts), 1), None
-  acc = jnp.zeros((wg.shape[1], n_pts), cols.dtype)
-  acc, _ = jax.lax.scan(body, acc, (wg, cols))
-  return acc
-
-
 def _compact(mask, width):
   """First ``width`` marked columns per row of ``mask[nb, M]``: ``[nb, W]``.
 
@@ -329,45 +341,78 @@ def _compact(mask, width):
   return table[:, :width]
 
 
-def _pooled_radius(wg, rows, mask, columns, width):
-  """Radius per point from the marked columns only: ``[n_out, P]``.
+def _widths(full: int):
+  """Widths a block's kept columns are padded to.
 
-  ``rows[P, R]``: every point's flat local rows; ``mask[nb, P, N]`` marks
-  the block columns with ``beta > 0``; ``columns[nb, N, K]`` indexes a block
-  column's entries in the flat rows. Each block keeps its first ``width``
-  marked (point, column) pairs (``width`` >= every block's count) and
-  gathers just those: ``[n_out, K] x [K, width]`` GEMMs.
+  0 (nothing kept), multiples of ``MIN_WIDTH`` growing by about
+  ``WIDTH_GROWTH``, and ``full`` (every column, no gather).
   """
-  n_pts, size = rows.shape
-  nb, _, n_dim = mask.shape
-  sel = _compact(mask.reshape(nb, -1), width)                   # [nb, W]
-  valid = sel < n_pts * n_dim
-  owner = jnp.minimum(sel // n_dim, n_pts - 1)
-  idx = jnp.take_along_axis(columns, (sel % n_dim)[:, :, None], axis=1)
-  idx = jnp.where((idx >= 0) & valid[..., None],
-                  idx + (owner * size)[..., None], n_pts * size)
-  flat = jnp.concatenate([rows.reshape(-1), jnp.zeros((1,), rows.dtype)])
-  vals = flat[idx]                                              # [nb, W, K]
-  onehot = jax.nn.one_hot(owner, n_pts, dtype=rows.dtype)
-  onehot = onehot * valid[..., None].astype(rows.dtype)         # [nb, W, P]
+  out, wd = [0], MIN_WIDTH
+  while wd < full:
+    out.append(wd)
+    wd = -(-int(np.ceil(wd * WIDTH_GROWTH)) // MIN_WIDTH) * MIN_WIDTH
+  out.append(full)
+  return out
+
+
+def _block_radius(wg, mask, n_pts, fetch, data, widths=None, report=False):
+  """``sum_b |W_b @ X_b|`` summed per point over each block's kept columns.
+
+  Args:
+    wg: ``[nb, n_out, K]`` window weights ``W_b``.
+    mask: ``[nb, M]`` (bool): the columns of ``X_b`` that may be non-zero;
+      column ``m`` belongs to point ``m % n_pts`` (points last).
+    n_pts: points ``P`` pooled in the columns.
+    fetch: ``(data_b, sel) -> [K, len(sel)]``: block ``b``'s columns
+      ``sel`` (``sel == M``: a padding slot, any finite values), or all
+      ``M`` columns for ``sel=None``.
+    data: pytree with a leading block axis, scanned with the blocks.
+    widths: see :func:`_widths` (default ``_widths(M)``).
+    report: send the FLOPs of the picked widths to the sinks of
+      :func:`count_gemm_flops`, if any.
+
+  Returns:
+    ``[n_out, P]``. Each block runs one ``[n_out, K] x [K, w]`` GEMM at the
+    smallest width ``w`` that holds its kept columns (a ``lax.switch`` per
+    block, so the FLOPs follow the kept columns block by block; dropped
+    columns are zero and add nothing, so every width gives the same sum).
+  """
+  nb, m = mask.shape
+  n_out = wg.shape[1]
+  widths = _widths(m) if widths is None else widths
+  sel = _compact(mask, m)                                      # [nb, M]
+  count = jnp.sum(mask, axis=1)
+  pick = jnp.sum(jnp.asarray(widths)[None, :] < count[:, None], axis=1)
+
+  def branch(wd):
+    def run(wb, db, sb):
+      if wd == 0:
+        return jnp.zeros((n_out, n_pts), wg.dtype)
+      if wd == m:                    # every column, in order: no gather
+        out = jnp.dot(wb, fetch(db, None), precision=EXACT)    # [n_out, M]
+        return jnp.sum(jnp.abs(out).reshape(n_out, m // n_pts, n_pts), 1)
+      s = sb[:wd]
+      out = jnp.dot(wb, fetch(db, s), precision=EXACT)         # [n_out, W]
+      owner = jax.nn.one_hot(s % n_pts, n_pts, dtype=wg.dtype)
+      owner = owner * (s < m)[:, None].astype(wg.dtype)
+      return jnp.dot(jnp.abs(out), owner, precision=EXACT)
+    return run
+
+  branches = [branch(wd) for wd in widths]
+  if report and _FLOP_SINKS:
+    k_dim = wg.shape[2]
+    cost = [2.0 * n_out * wd * (k_dim + (n_pts if wd < m else 0))
+            for wd in widths]
+    sinks = tuple(_FLOP_SINKS)
+    jax.debug.callback(lambda f: [s.append(float(f)) for s in sinks],
+                       jnp.sum(jnp.asarray(cost, jnp.float32)[pick]))
 
   def body(acc, xs):
-    wb, vb, ob = xs
-    out = jax.lax.dot_general(wb, vb, (((1,), (1,)), ((), ())),
-                              precision=EXACT)              # [n_out, W]
-    return acc + jnp.dot(jnp.abs(out), ob, precision=EXACT), None
-  acc = jnp.zeros((wg.shape[1], n_pts), rows.dtype)
-  acc, _ = jax.lax.scan(body, acc, (wg, vals, onehot))
+    wb, db, sb, pb = xs
+    return acc + jax.lax.switch(pb, branches, wb, db, sb), None
+  acc = jnp.zeros((n_out, n_pts), wg.dtype)
+  acc, _ = jax.lax.scan(body, acc, (wg, data, sel, pick))
   return acc
-
-
-def _widths(full: int):
-  out = []
-  for k in range(N_WIDTHS):
-    wd = max(1, -(-full // (1 << k)))
-    if wd not in out:
-      out.append(wd)
-  return sorted(out)
 
 
 def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
@@ -417,24 +462,35 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
     r = r * scale.reshape(-1, chain_shape[3])[:, :, None, None, None]
     rg = gather(r.reshape(tuple(chain_shape[1:]) + r.shape[2:]))
     wg = param_only(lambda sp=sp: _window_weights(wc(), sp))  # [nb, n_out, K]
-
-    def dense(rg, *_, sp=sp, wg=wg):
-      cols = _block_matrix(jnp.moveaxis(rg, 0, -1), sp)   # [nb, K, N P]
-      return _dense_radius(wg, cols, rg.shape[0])
+    n_pts = rg.shape[0]
     if sp.columns is None:
-      acc = dense(rg)
+      # Every block's columns by static slices; keep the non-zero ones (the
+      # input box: pixels whose paths all end at inactive neurons drop out).
+      cols = _block_matrix(jnp.moveaxis(rg, 0, -1), sp)  # [nb, K, N P]
+      mask = jnp.any(cols != 0, axis=1)
+      m = mask.shape[1]
+
+      def fetch(cb, s, m=m):
+        return cb if s is None else jnp.take(cb, jnp.minimum(s, m - 1), 1)
+      acc = _block_radius(wg, mask, n_pts, fetch, cols,
+                          report=axis_name is not None)
     else:
+      # Only the columns with beta > 0 (crossing ReLUs), gathered from every
+      # point's flat rows.
       mask = gather(_block_mask(sp.source.beta, sp))    # [P, nb, N]
-      mask = jnp.transpose(mask, (1, 0, 2))             # [nb, P, N]
-      widths = _widths(mask.shape[1] * mask.shape[2])
-      need = jnp.max(jnp.sum(mask, axis=(1, 2)))
-      pick = jnp.sum(jnp.asarray(widths) < need)
-      columns = jnp.asarray(sp.columns)
-      branches = [
-          lambda rg, mask, wd=wd, wg=wg, columns=columns:
-          _pooled_radius(wg, rg.reshape(rg.shape[0], -1), mask, columns, wd)
-          for wd in widths[:-1]]
-      branches.append(dense)
-      acc = jax.lax.switch(pick, branches, rg, mask)    # [n_out, P]
+      mask = jnp.transpose(mask, (1, 2, 0)).reshape(mask.shape[1], -1)
+      flat = rg.reshape(n_pts, -1)
+      size = flat.shape[1]
+      flat = jnp.concatenate([flat.reshape(-1), jnp.zeros((1,), dtype)])
+      m = mask.shape[1]
+
+      def fetch(cb, s, flat=flat, size=size, m=m):
+        s = jnp.arange(m) if s is None else s
+        idx = cb[jnp.minimum(s // n_pts, cb.shape[0] - 1)]     # [W, K]
+        idx = jnp.where((idx >= 0) & (s < m)[:, None],
+                        idx + (s % n_pts * size)[:, None], n_pts * size)
+        return flat[idx.T]                                      # [K, W]
+      acc = _block_radius(wg, mask, n_pts, fetch, jnp.asarray(sp.columns),
+                          report=axis_name is not None)
     total = total + acc[:, me]
   return total.reshape(node.shape)
