@@ -194,13 +194,13 @@ class PiecesTest(absltest.TestCase):
     def fetch(cb, sel):
       return cb if sel is None else jnp.take(cb, jnp.minimum(sel, 11), 1)
     for widths in ([0, 12], [0, 1, 2, 4, 8, 12], list(range(13))):
-      got = windowed._block_radius(wg, jnp.asarray(keep), n_pts, fetch, cols,
-                                   widths)
+      got = windowed._block_radius(lambda b: wg[b], jnp.asarray(keep), n_pts,
+                                   fetch, cols, widths)
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     short = keep.copy()
     short[1, 2] = False
-    got = windowed._block_radius(wg, jnp.asarray(short), n_pts, fetch, cols,
-                                 [0, 1, 2, 4, 8, 12])
+    got = windowed._block_radius(lambda b: wg[b], jnp.asarray(short), n_pts,
+                                 fetch, cols, [0, 1, 2, 4, 8, 12])
     self.assertGreater(np.max(np.abs(np.asarray(got) - want)), 1e-3)
 
   def test_counted_flops_follow_the_picked_widths(self):
@@ -216,7 +216,7 @@ class PiecesTest(absltest.TestCase):
     with windowed.count_gemm_flops(sink):
       jax.block_until_ready(jax.jit(
           lambda w, c: windowed._block_radius(
-              w, jnp.asarray(keep), n_pts, lambda cb, s: cb if s is None
+              lambda b: w[b], jnp.asarray(keep), n_pts, lambda cb, s: cb if s is None
               else jnp.take(cb, jnp.minimum(s, 11), 1), c, [0, 4, 8, 12],
               report=True))(wg, cols))
       jax.effects_barrier()

@@ -305,26 +305,34 @@ def _block_mask(beta, sp: _SourcePlan):
   return jnp.transpose(b, (0, 2, 1, 3, 4)).reshape(sp.shape[0], -1) > 0
 
 
-def _window_weights(wc, sp: _SourcePlan):
-  """``W[:, window(b)]`` for every block: ``[nb, n_out, K]``.
+def _padded_weights(wc, sp: _SourcePlan):
+  """``W`` on the chain's output grid, padded for every window: ``[n_out, Hp, Wp * C]``.
 
-  Static slices of the zero-padded weights, one per window slot, stacked
-  inside the row axis (no gather). Depends on the parameters only, so XLA
-  can hoist it out of the loop over chunks.
+  ``wc[n_out, Oh, Ow, C]``; zero rows where a window leaves the map. A
+  block's window is then ``n_win`` consecutive rows of ``n_win * C``
+  consecutive entries (:func:`_window`).
   """
   ah, aw = sp.axes
   front = (max(0, -ah.lo), max(0, -aw.lo))
   back = (max(0, ah.lo + ah.n_blocks + ah.n_win - 1 - ah.out),
           max(0, aw.lo + aw.n_blocks + aw.n_win - 1 - aw.out))
   wp = jnp.pad(wc, ((0, 0), (front[0], back[0]), (front[1], back[1]), (0, 0)))
-  wp = jnp.transpose(wp, (1, 2, 0, 3))                 # [Hp, Wp, n_out, C]
-  pieces = []
-  for jh in range(ah.n_win):
-    for jw in range(aw.n_win):
-      h0, w0 = ah.lo + front[0] + jh, aw.lo + front[1] + jw
-      pieces.append(wp[h0:h0 + ah.n_blocks, w0:w0 + aw.n_blocks])
-  x = jnp.stack(pieces, axis=3)                    # [nb_h, nb_w, n_out, 9, C]
-  return x.reshape(sp.shape[0], wc.shape[0], -1)
+  return wp.reshape(wp.shape[0], wp.shape[1], -1)
+
+
+def _window(wp, sp: _SourcePlan, b):
+  """``W[:, window(b)]`` of block ``b`` (traced int): ``[n_out, K]``.
+
+  One dynamic slice of :func:`_padded_weights`, in the order (window row,
+  window column, channel) of the block columns.
+  """
+  ah, aw = sp.axes
+  c = wp.shape[2] // (aw.n_blocks + aw.n_win - 1)
+  h0 = b // aw.n_blocks + ah.lo + max(0, -ah.lo)
+  w0 = b % aw.n_blocks + aw.lo + max(0, -aw.lo)
+  win = jax.lax.dynamic_slice(wp, (0, h0, w0 * c),
+                              (wp.shape[0], ah.n_win, aw.n_win * c))
+  return win.reshape(wp.shape[0], -1)
 
 
 def _compact(mask, width):
@@ -355,11 +363,12 @@ def _widths(full: int):
   return out
 
 
-def _block_radius(wg, mask, n_pts, fetch, data, widths=None, report=False):
+def _block_radius(weight, mask, n_pts, fetch, data, widths=None,
+                  report=False):
   """``sum_b |W_b @ X_b|`` summed per point over each block's kept columns.
 
   Args:
-    wg: ``[nb, n_out, K]`` window weights ``W_b``.
+    weight: ``b -> W_b``, ``[n_out, K]``, for a traced block index ``b``.
     mask: ``[nb, M]`` (bool): the columns of ``X_b`` that may be non-zero;
       column ``m`` belongs to point ``m % n_pts`` (points last).
     n_pts: points ``P`` pooled in the columns.
@@ -378,29 +387,31 @@ def _block_radius(wg, mask, n_pts, fetch, data, widths=None, report=False):
     columns are zero and add nothing, so every width gives the same sum).
   """
   nb, m = mask.shape
-  n_out = wg.shape[1]
+  w_shape = jax.eval_shape(weight, 0)
+  (n_out, k_dim), dtype = w_shape.shape, w_shape.dtype
   widths = _widths(m) if widths is None else widths
   sel = _compact(mask, m)                                      # [nb, M]
   count = jnp.sum(mask, axis=1)
   pick = jnp.sum(jnp.asarray(widths)[None, :] < count[:, None], axis=1)
 
   def branch(wd):
-    def run(wb, db, sb):
+    # The weights are sliced inside the branch, where XLA can fuse the slice
+    # into the GEMM (an operand of the switch would be copied out first).
+    def run(b, db, sb):
       if wd == 0:
-        return jnp.zeros((n_out, n_pts), wg.dtype)
+        return jnp.zeros((n_out, n_pts), dtype)
       if wd == m:                    # every column, in order: no gather
-        out = jnp.dot(wb, fetch(db, None), precision=EXACT)    # [n_out, M]
+        out = jnp.dot(weight(b), fetch(db, None), precision=EXACT)
         return jnp.sum(jnp.abs(out).reshape(n_out, m // n_pts, n_pts), 1)
       s = sb[:wd]
-      out = jnp.dot(wb, fetch(db, s), precision=EXACT)         # [n_out, W]
-      owner = jax.nn.one_hot(s % n_pts, n_pts, dtype=wg.dtype)
-      owner = owner * (s < m)[:, None].astype(wg.dtype)
+      out = jnp.dot(weight(b), fetch(db, s), precision=EXACT)  # [n_out, W]
+      owner = jax.nn.one_hot(s % n_pts, n_pts, dtype=dtype)
+      owner = owner * (s < m)[:, None].astype(dtype)
       return jnp.dot(jnp.abs(out), owner, precision=EXACT)
     return run
 
   branches = [branch(wd) for wd in widths]
   if report and _FLOP_SINKS:
-    k_dim = wg.shape[2]
     cost = [2.0 * n_out * wd * (k_dim + (n_pts if wd < m else 0))
             for wd in widths]
     sinks = tuple(_FLOP_SINKS)
@@ -408,10 +419,10 @@ def _block_radius(wg, mask, n_pts, fetch, data, widths=None, report=False):
                        jnp.sum(jnp.asarray(cost, jnp.float32)[pick]))
 
   def body(acc, xs):
-    wb, db, sb, pb = xs
-    return acc + jax.lax.switch(pb, branches, wb, db, sb), None
-  acc = jnp.zeros((n_out, n_pts), wg.dtype)
-  acc, _ = jax.lax.scan(body, acc, (wg, data, sel, pick))
+    b, db, sb, pb = xs
+    return acc + jax.lax.switch(pb, branches, b, db, sb), None
+  acc = jnp.zeros((n_out, n_pts), dtype)
+  acc, _ = jax.lax.scan(body, acc, (jnp.arange(nb), data, sel, pick))
   return acc
 
 
@@ -457,40 +468,45 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
     return v[None] if axis_name is None else jax.lax.all_gather(v, axis_name)
   total = jnp.zeros((n_out,), dtype)
   me = 0 if axis_name is None else jax.lax.axis_index(axis_name)
+  scales = gather(scale)                              # [P, 1, Oh, Ow, C]
+  n_pts = scales.shape[0]
   for sp in p.sources:
-    r = rows[sp.source.index]                           # [P, C, wh, ww, Cin]
-    r = r * scale.reshape(-1, chain_shape[3])[:, :, None, None, None]
-    rg = gather(r.reshape(tuple(chain_shape[1:]) + r.shape[2:]))
-    wg = param_only(lambda sp=sp: _window_weights(wc(), sp))  # [nb, n_out, K]
-    n_pts = rg.shape[0]
+    r = rows[sp.source.index]                  # [Oh Ow, C, wh, ww, Cin]
+    wp = param_only(lambda sp=sp: _padded_weights(wc(), sp))
+    weight = lambda b, sp=sp, wp=wp: _window(wp, sp, b)      # [n_out, K]
     if sp.columns is None:
       # Every block's columns by static slices; keep the non-zero ones (the
       # input box: pixels whose paths all end at inactive neurons drop out).
+      r = r * scale.reshape(-1, chain_shape[3])[:, :, None, None, None]
+      rg = gather(r.reshape(tuple(chain_shape[1:]) + r.shape[2:]))
       cols = _block_matrix(jnp.moveaxis(rg, 0, -1), sp)  # [nb, K, N P]
       mask = jnp.any(cols != 0, axis=1)
       m = mask.shape[1]
 
       def fetch(cb, s, m=m):
         return cb if s is None else jnp.take(cb, jnp.minimum(s, m - 1), 1)
-      acc = _block_radius(wg, mask, n_pts, fetch, cols,
-                          report=axis_name is not None)
+      data = cols
     else:
       # Only the columns with beta > 0 (crossing ReLUs), gathered from every
-      # point's flat rows.
+      # point's flat rows; the scales are applied to the gathered entries
+      # (scaling all rows first would cost a pass over every one).
+      rg = gather(r).reshape(-1)                        # [P * rows]
+      sg = scales.reshape(-1)                           # [P * Oh Ow C]
       mask = gather(_block_mask(sp.source.beta, sp))    # [P, nb, N]
       mask = jnp.transpose(mask, (1, 2, 0)).reshape(mask.shape[1], -1)
-      flat = rg.reshape(n_pts, -1)
-      size = flat.shape[1]
-      flat = jnp.concatenate([flat.reshape(-1), jnp.zeros((1,), dtype)])
+      size, per_out = r.size, r[0, 0].size
       m = mask.shape[1]
 
-      def fetch(cb, s, flat=flat, size=size, m=m):
+      def fetch(cb, s, rg=rg, sg=sg, size=size, per_out=per_out, m=m):
         s = jnp.arange(m) if s is None else s
-        idx = cb[jnp.minimum(s // n_pts, cb.shape[0] - 1)]     # [W, K]
-        idx = jnp.where((idx >= 0) & (s < m)[:, None],
-                        idx + (s % n_pts * size)[:, None], n_pts * size)
-        return flat[idx.T]                                      # [K, W]
-      acc = _block_radius(wg, mask, n_pts, fetch, jnp.asarray(sp.columns),
-                          report=axis_name is not None)
+        idx = cb[jnp.minimum(s // n_pts, cb.shape[0] - 1)].T     # [K, W]
+        ok = (idx >= 0) & (s < m)[None, :]
+        pt = s % n_pts
+        idx = jnp.where(ok, idx, 0)
+        vals = rg[idx + pt * size] * sg[idx // per_out + pt * (size // per_out)]
+        return jnp.where(ok, vals, 0)
+      data = jnp.asarray(sp.columns)
+    acc = _block_radius(weight, mask, n_pts, fetch, data,
+                        report=axis_name is not None)
     total = total + acc[:, me]
   return total.reshape(node.shape)
