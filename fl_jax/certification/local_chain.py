@@ -196,9 +196,12 @@ def _prepare(levels, targets):
 def _walk(levels, prepared, pos, visit):
   """Pulls the rows of every channel at output positions ``pos`` back.
 
-  Calls ``visit(source, ct, beta_window)`` for every target source on the
-  chain, with ``ct[b, C_out, wh, ww, C_in]`` the rows on the source's
-  window (``b = len(pos)``) and ``beta_window[b, wh, ww, C_in]``.
+  Calls ``visit(source, ct, beta_window, top)`` for every target source on
+  the chain: the rows on the source's window are ``ct * beta_window[:, None]``
+  with ``ct[b, C_out, wh, ww, C_in]`` (``b = len(pos)``) and
+  ``beta_window[b, wh, ww, C_in]`` (the radii times the scales between the
+  source and the level's conv); ``top``: the source feeds the chain's top
+  conv, so ``ct`` is that conv's kernel alone (it depends on no input).
   """
   local_convs, per_level = prepared
   c_out = levels[0].conv.out_shape[3]
@@ -211,32 +214,44 @@ def _walk(levels, prepared, pos, visit):
     ct = local_convs[i].transpose(ct)                  # [b*C, 1, wh, ww, Cin]
     scales, betas = per_level[i]
     ct = ct[:, 0].reshape((b, c_out) + ct.shape[2:])  # [b, C, wh, ww, Cin]
+    # The scales of this level multiply every channel's window alike: they
+    # are kept as one window factor and handed over with the radii, so the
+    # top level's rows stay the kernel alone (no per-point copy per channel).
+    factor = None
     for j in range(len(scales) + 1):
       for s, beta_w, at in betas:
         if at == j:
-          visit(s, ct, beta_w[pos])
+          bw = beta_w[pos]
+          visit(s, ct, bw if factor is None else bw * factor, i == 0)
       if j < len(scales):
-        ct = ct * scales[j][pos][:, None]
+        sc = scales[j][pos]
+        factor = sc if factor is None else factor * sc
+    if factor is not None:
+      ct = ct * factor[:, None]
     ct = ct.reshape((b * c_out, 1) + ct.shape[2:])
 
 
 def local_rows(levels, targets):
-  """Rows of the chain's Jacobian on their windows, times the radii.
+  """Rows of the chain's Jacobian on their windows, times the radii, as factors.
 
-  Returns ``{source index: rows[P, C_out, wh, ww, C_in]}`` for every target
-  source: ``rows[o, c]`` is ``L[(o, c), window(o)] * beta[window(o)]``
-  (zero where the window leaves the map), ``P`` the output positions in
-  row-major order, the window of ``o`` at the source's level as in
-  :func:`_geometry`.
+  Returns ``{source index: [(ct, beta_w, top), ...]}`` for every target
+  source: its rows are ``sum_i ct_i * beta_w_i[:, None]``, where ``ct[o, c]``
+  is ``L[(o, c), window(o)]`` (``ct[P, C_out, wh, ww, C_in]``, ``P`` the
+  output positions in row-major order, the window of ``o`` at the source's
+  level as in :func:`_geometry`) and ``beta_w[P, wh, ww, C_in]`` the radii
+  (times the scales between the source and its conv) on the windows, zero
+  where a window leaves the map. ``top``: the source feeds the chain's top
+  conv, and ``ct`` is its kernel alone, the same for every input point. The
+  product is left to the consumer: for such a source it would be a copy of
+  ``P * C_out`` windows per point.
   """
   prepared = _prepare(levels, targets)
   out_shape = levels[0].conv.out_shape
   pos = jnp.arange(out_shape[1] * out_shape[2])
   rows = {}
 
-  def visit(s, ct, beta_w):
-    r = ct * beta_w[:, None]
-    rows[s.index] = rows[s.index] + r if s.index in rows else r
+  def visit(s, ct, beta_w, top):
+    rows.setdefault(s.index, []).append((ct, beta_w, top))
   _walk(levels, prepared, pos, visit)
   return rows
 
@@ -261,8 +276,8 @@ def local_radius(levels, targets, row_block: int):
   def block(pos):
     total = [jnp.zeros((pos.shape[0], c_out), dtype)]
 
-    def visit(s, ct, beta_w):
-      del s
+    def visit(s, ct, beta_w, top):
+      del s, top
       total[0] = total[0] + jnp.einsum('bcxyz,bxyz->bc', jnp.abs(ct), beta_w,
                                        precision=EXACT)
     _walk(levels, prepared, pos, visit)

@@ -436,8 +436,9 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
       then pool the columns of all points of the chunk. ``None``: this point
       alone (correct under any transform; without the name, an outer
       ``vmap`` turns the width switch into a select over every width).
-    rows: ``{block index: local rows}`` (``local_chain.local_rows``) already
-      formed for the chain's own bounds; the others are formed here.
+    rows: ``{block index: local rows}`` (``local_chain.local_rows``, as
+      factors) already formed for the chain's own bounds; the others are
+      formed here.
     param_only: ``fn -> fn()`` for values of the parameters alone (the
       windowed weights), e.g. ``Graph.param_only``, which hoists them out of
       the loop over chunks.
@@ -471,12 +472,13 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
   scales = gather(scale)                              # [P, 1, Oh, Ow, C]
   n_pts = scales.shape[0]
   for sp in p.sources:
-    r = rows[sp.source.index]                  # [Oh Ow, C, wh, ww, Cin]
+    pairs = rows[sp.source.index]   # [(ct[Oh Ow, C, wh, ww, Cin], beta_w, top)]
     wp = param_only(lambda sp=sp: _padded_weights(wc(), sp))
     weight = lambda b, sp=sp, wp=wp: _window(wp, sp, b)      # [n_out, K]
     if sp.columns is None:
       # Every block's columns by static slices; keep the non-zero ones (the
       # input box: pixels whose paths all end at inactive neurons drop out).
+      r = sum(ct * bw[:, None] for ct, bw, _ in pairs)
       r = r * scale.reshape(-1, chain_shape[3])[:, :, None, None, None]
       rg = gather(r.reshape(tuple(chain_shape[1:]) + r.shape[2:]))
       cols = _block_matrix(jnp.moveaxis(rg, 0, -1), sp)  # [nb, K, N P]
@@ -487,23 +489,33 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
         return cb if s is None else jnp.take(cb, jnp.minimum(s, m - 1), 1)
       data = cols
     else:
-      # Only the columns with beta > 0 (crossing ReLUs), gathered from every
-      # point's flat rows; the scales are applied to the gathered entries
-      # (scaling all rows first would cost a pass over every one).
-      rg = gather(r).reshape(-1)                        # [P * rows]
+      # Only the columns with beta > 0 (crossing ReLUs), gathered: each entry
+      # is a product of gathered factors (window row, radius, scale), so the
+      # rows are never formed for every window.
+      ct0, bw0, _ = pairs[0]
+      n_pos, c_out, win = ct0.shape[0], ct0.shape[1], bw0[0].size
+      # A top-level source's rows are the kernel alone: not gathered (that
+      # would copy them for every point), and indexed without the point.
+      factors = [(ct.reshape(-1) if top else gather(ct).reshape(-1),
+                  gather(bw).reshape(-1), not top) for ct, bw, top in pairs]
       sg = scales.reshape(-1)                           # [P * Oh Ow C]
       mask = gather(_block_mask(sp.source.beta, sp))    # [P, nb, N]
       mask = jnp.transpose(mask, (1, 2, 0)).reshape(mask.shape[1], -1)
-      size, per_out = r.size, r[0, 0].size
       m = mask.shape[1]
 
-      def fetch(cb, s, rg=rg, sg=sg, size=size, per_out=per_out, m=m):
+      def fetch(cb, s, factors=factors, sg=sg, m=m, n_pos=n_pos, c_out=c_out,
+                win=win):
         s = jnp.arange(m) if s is None else s
         idx = cb[jnp.minimum(s // n_pts, cb.shape[0] - 1)].T     # [K, W]
         ok = (idx >= 0) & (s < m)[None, :]
         pt = s % n_pts
         idx = jnp.where(ok, idx, 0)
-        vals = rg[idx + pt * size] * sg[idx // per_out + pt * (size // per_out)]
+        oc, w = idx // win, idx % win           # (position, channel), window
+        at_bw = (oc // c_out + pt * n_pos) * win + w
+        at_ct = idx + pt * (n_pos * c_out * win)
+        vals = sum(ctg[at_ct if per_point else idx] * bwg[at_bw]
+                   for ctg, bwg, per_point in factors)
+        vals = vals * sg[oc + pt * (n_pos * c_out)]
         return jnp.where(ok, vals, 0)
       data = jnp.asarray(sp.columns)
     acc = _block_radius(weight, mask, n_pts, fetch, data,
