@@ -58,6 +58,8 @@ _REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed runs per setting (the '
 _STRATEGIES = flags.DEFINE_list(
     'strategies', ['auto'], 'Association orders of the zonotope domain '
     '(auto | backward | forward; see certification.certify).')
+_RAN = flags.DEFINE_bool('count_ran', True, 'Also count the FLOPs that ran '
+                          'at each eps (one extra, uncached compile each).')
 _VS_CPU = flags.DEFINE_bool('compare_cpu', False, 'On an accelerator: also '
                             'certify on the host CPU and print the largest '
                             'difference of the certifiable losses.')
@@ -149,7 +151,7 @@ def main(argv):
               lambda p, a, b, eps=eps, d=domain, c=chunk, s=strategy:
               certification.certify(model.apply, p, a, b, eps, domain=d,
                                     chunk_size=c, strategy=s),
-              params, x, y) / n
+              params, x, y) / n if _RAN.value else float('nan')
           print(f'    eps {eps:.4f}: {n / sec:8.2f} points/s '
                 f'({sec / n * 1e3:8.2f} ms/point, CPU {cpu / n * 1e3:8.2f} '
                 f'ms/point, {ran / 1e9:.3f} GFLOP/point ran, '

@@ -5,6 +5,7 @@ block in forward order (pooling the sparse ReLU symbols of a chunk's
 points); it must give the same numbers as the backward (adjoint) order,
 whatever the geometry, the chunking and the width it picks.
 """
+import functools
 from unittest import mock
 
 from absl.testing import absltest
@@ -79,17 +80,22 @@ class WindowedOrderTest(parameterized.TestCase):
     self.assertNotEmpty(calls)         # the windowed order did run
 
   def test_every_width_gives_the_same_radius(self):
-    # Only the full width (no compaction), every width and the default
-    # widths give the same generators.
+    # Only the full width (no compaction), every width, the default widths
+    # and one width for all blocks give the same generators.
     apply_fn, params = chain_dense_net(12, 1, [(4, 2, 1, 4), (4, 2, 1, 6)])
     x = points((12, 12, 1), n=6)
     runs = []
     real = windowed._widths
-    for widths in (lambda full: [full], lambda full: list(range(full + 1)),
-                   real):
+    for widths in (lambda full, _: [full],
+                   lambda full, _: list(range(full + 1)), real):
       with mock.patch.object(windowed, '_widths', widths):
         jax.clear_caches()
         runs.append(cert.propagate(apply_fn, params, x, 0.02, chunk_size=3))
+    # One width for all blocks (the default on accelerators).
+    with mock.patch.object(windowed, 'radius', functools.partial(
+        windowed.radius, per_block=False)):
+      jax.clear_caches()
+      runs.append(cert.propagate(apply_fn, params, x, 0.02, chunk_size=3))
     for run in runs[1:]:
       np.testing.assert_allclose(run.generators, runs[0].generators,
                                  rtol=1e-5, atol=TOL)
@@ -194,9 +200,11 @@ class PiecesTest(absltest.TestCase):
     def fetch(cb, sel):
       return cb if sel is None else jnp.take(cb, jnp.minimum(sel, 11), 1)
     for widths in ([0, 12], [0, 1, 2, 4, 8, 12], list(range(13))):
-      got = windowed._block_radius(lambda b: wg[b], jnp.asarray(keep), n_pts,
-                                   fetch, cols, widths)
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+      for per_block in (True, False):
+        got = windowed._block_radius(lambda b: wg[b], jnp.asarray(keep),
+                                     n_pts, fetch, cols, widths,
+                                     per_block=per_block)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     short = keep.copy()
     short[1, 2] = False
     got = windowed._block_radius(lambda b: wg[b], jnp.asarray(short), n_pts,
@@ -221,12 +229,24 @@ class PiecesTest(absltest.TestCase):
               report=True))(wg, cols))
       jax.effects_barrier()
     self.assertEqual(sink, [2.0 * n_out * (12 * k_dim + 8 * (k_dim + n_pts))])
+    # One width for all blocks: the fullest (12) three times.
+    sink.clear()
+    with windowed.count_gemm_flops(sink):
+      jax.block_until_ready(jax.jit(
+          lambda w, c: windowed._block_radius(
+              lambda b: w[b], jnp.asarray(keep), n_pts, lambda cb, s: cb
+              if s is None else jnp.take(cb, jnp.minimum(s, 11), 1), c,
+              [0, 4, 8, 12], report=True, per_block=False))(wg, cols))
+      jax.effects_barrier()
+    self.assertEqual(sink, [3 * 2.0 * n_out * 12 * k_dim])
 
   def test_widths(self):
     self.assertEqual(windowed._widths(400),
                      [0, 8, 16, 24, 40, 64, 96, 136, 200, 288, 400])
     self.assertEqual(windowed._widths(3), [0, 3])
     self.assertEqual(windowed._widths(8), [0, 8])
+    self.assertEqual(windowed._widths(1600, per_block=False),
+                     [0, 50, 100, 200, 400, 800, 1600])
 
 
 if __name__ == '__main__':

@@ -54,11 +54,10 @@ import numpy as np
 from fl_jax.certification import local_chain
 from fl_jax.certification.conv_ops import EXACT
 
-# A block's kept columns are padded to the next of the widths 0, MIN_WIDTH,
-# then growing by WIDTH_GROWTH (rounded up to a multiple of MIN_WIDTH), and
-# all of them.
+# Widths a block's kept columns are padded to: see _widths.
 MIN_WIDTH = 8
 WIDTH_GROWTH = 2 ** 0.5
+GLOBAL_WIDTHS = 6
 _FLOP_SINKS: List[list] = []
 
 
@@ -349,12 +348,16 @@ def _compact(mask, width):
   return table[:, :width]
 
 
-def _widths(full: int):
-  """Widths a block's kept columns are padded to.
+def _widths(full: int, per_block: bool = True):
+  """Widths the kept columns are padded to.
 
-  0 (nothing kept), multiples of ``MIN_WIDTH`` growing by about
-  ``WIDTH_GROWTH``, and ``full`` (every column, no gather).
+  Per block: 0 (nothing kept), multiples of ``MIN_WIDTH`` growing by about
+  ``WIDTH_GROWTH``, and ``full`` (every column, no gather). One width for
+  all blocks: 0 and ``full / 2^k`` for ``k < GLOBAL_WIDTHS`` (fewer
+  branches, each a whole scan over the blocks, to keep compiles short).
   """
+  if not per_block:
+    return sorted({0} | {-(-full // (1 << k)) for k in range(GLOBAL_WIDTHS)})
   out, wd = [0], MIN_WIDTH
   while wd < full:
     out.append(wd)
@@ -364,7 +367,7 @@ def _widths(full: int):
 
 
 def _block_radius(weight, mask, n_pts, fetch, data, widths=None,
-                  report=False):
+                  report=False, per_block=True):
   """``sum_b |W_b @ X_b|`` summed per point over each block's kept columns.
 
   Args:
@@ -376,20 +379,25 @@ def _block_radius(weight, mask, n_pts, fetch, data, widths=None,
       ``sel`` (``sel == M``: a padding slot, any finite values), or all
       ``M`` columns for ``sel=None``.
     data: pytree with a leading block axis, scanned with the blocks.
-    widths: see :func:`_widths` (default ``_widths(M)``).
+    widths: see :func:`_widths` (default ``_widths(M, per_block)``).
     report: send the FLOPs of the picked widths to the sinks of
       :func:`count_gemm_flops`, if any.
+    per_block: pick the width block by block (a ``lax.switch`` in every
+      step of the scan over blocks); ``False``: one width, the fullest
+      block's, for all (one switch around the scan). On a GPU every switch
+      waits for its index on the host, so per-block picks cost more there
+      than the FLOPs they save.
 
   Returns:
     ``[n_out, P]``. Each block runs one ``[n_out, K] x [K, w]`` GEMM at the
-    smallest width ``w`` that holds its kept columns (a ``lax.switch`` per
-    block, so the FLOPs follow the kept columns block by block; dropped
-    columns are zero and add nothing, so every width gives the same sum).
+    smallest width ``w`` that holds its kept columns, so the FLOPs follow
+    the kept columns; dropped columns are zero and add nothing, so every
+    width gives the same sum.
   """
   nb, m = mask.shape
   w_shape = jax.eval_shape(weight, 0)
   (n_out, k_dim), dtype = w_shape.shape, w_shape.dtype
-  widths = _widths(m) if widths is None else widths
+  widths = _widths(m, per_block) if widths is None else widths
   sel = _compact(mask, m)                                      # [nb, M]
   count = jnp.sum(mask, axis=1)
   pick = jnp.sum(jnp.asarray(widths)[None, :] < count[:, None], axis=1)
@@ -411,23 +419,30 @@ def _block_radius(weight, mask, n_pts, fetch, data, widths=None,
     return run
 
   branches = [branch(wd) for wd in widths]
+  if not per_block:
+    pick = jnp.broadcast_to(jnp.max(pick), pick.shape)
   if report and _FLOP_SINKS:
     cost = [2.0 * n_out * wd * (k_dim + (n_pts if wd < m else 0))
             for wd in widths]
     sinks = tuple(_FLOP_SINKS)
     jax.debug.callback(lambda f: [s.append(float(f)) for s in sinks],
                        jnp.sum(jnp.asarray(cost, jnp.float32)[pick]))
+  acc0 = jnp.zeros((n_out, n_pts), dtype)
+  xs = (jnp.arange(nb), data, sel)
+  if per_block:
+    def body(acc, xs_b):
+      *args, pb = xs_b
+      return acc + jax.lax.switch(pb, branches, *args), None
+    return jax.lax.scan(body, acc0, xs + (pick,))[0]
 
-  def body(acc, xs):
-    b, db, sb, pb = xs
-    return acc + jax.lax.switch(pb, branches, b, db, sb), None
-  acc = jnp.zeros((n_out, n_pts), dtype)
-  acc, _ = jax.lax.scan(body, acc, (jnp.arange(nb), data, sel, pick))
-  return acc
+  def scan_at(run):
+    return lambda xs: jax.lax.scan(lambda acc, a: (acc + run(*a), None),
+                                   acc0, xs)[0]
+  return jax.lax.switch(pick[0], [scan_at(run) for run in branches], xs)
 
 
 def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
-           param_only=None):
+           param_only=None, per_block: Optional[bool] = None):
   """``sum_{s in plan} |W diag(lam) L_s| beta_s`` at the dense output.
 
   Args:
@@ -442,6 +457,8 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
     param_only: ``fn -> fn()`` for values of the parameters alone (the
       windowed weights), e.g. ``Graph.param_only``, which hoists them out of
       the loop over chunks.
+    per_block: pick GEMM widths block by block (see :func:`_block_radius`);
+      default: on the CPU only.
 
   Returns:
     Radius in the dense op's output shape.
@@ -451,6 +468,8 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
   dtype = node.dtype
   chain_shape = p.levels[0].conv.out_shape            # [1, Oh, Ow, C]
   param_only = param_only or (lambda fn: fn())
+  if per_block is None:
+    per_block = jax.default_backend() == 'cpu'
 
   def wc():
     w2d = node.explicit_rows().reshape(n_out, -1)
@@ -519,6 +538,6 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
         return jnp.where(ok, vals, 0)
       data = jnp.asarray(sp.columns)
     acc = _block_radius(weight, mask, n_pts, fetch, data,
-                        report=axis_name is not None)
+                        report=axis_name is not None, per_block=per_block)
     total = total + acc[:, me]
   return total.reshape(node.shape)
