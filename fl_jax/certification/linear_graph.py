@@ -35,8 +35,9 @@ the matrix chain is cheapest (the same numbers either way):
   ``stride x stride`` positions reach a fixed window of the chain's output,
   so one GEMM of the dense weights restricted to that window with the block's
   (local-pull) rows gives the block's coefficients, for all points of a
-  chunk at once; a ReLU layer's symbols exist only at crossing neurons, and
-  only those are gathered (pooled over the chunk). See ``windowed``;
+  chunk at once; only the block columns that can be non-zero (crossing
+  ReLU neurons, input pixels that reach an active neuron) are gathered,
+  pooled over the chunk. See ``windowed``;
 * **backward (adjoint)**: pull the ``n`` unit rows of ``v`` back through the
   transposed ops to all remaining blocks at once (in balanced row blocks, so
   memory stays bounded). A dense layer at the start of the pull costs
@@ -48,9 +49,10 @@ For the MNIST CNN of Zizzo et al. (2021, App. D) the textbook forward order
 pushes every generator through the 1568 -> 1000 dense layer (about 20 GFLOP
 per point); pulling the 1000 rows of that layer back through the convs
 costs about 1.4 GFLOP in thin transposed convolutions; the windowed order
-costs 0.45 GFLOP of GEMMs for the input box plus, for the first ReLU layer's
-symbols, 0.13 GFLOP at eps = 0.02 (few crossing neurons) up to 1.05 GFLOP
-when most cross (counts from ``benchmarks/flop_count.py``).
+costs at most 0.45 GFLOP of GEMMs for the input box plus, for the first
+ReLU layer's symbols, up to 1.05 GFLOP when most neurons cross; on the CPU,
+with the kept columns, the whole certification ran 0.43 GFLOP per point at
+eps = 0.02 and 1.14 / 1.38 at 0.05 / 0.1 (``benchmarks/flop_count.py``).
 
 All of this runs at trace time on one example (vmap it over points); the
 arrays are ordinary traced JAX values, so jit, vmap and grad go through.

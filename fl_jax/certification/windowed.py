@@ -40,9 +40,10 @@ columns of every point of the chunk (``vmap`` with a named axis; see
 0`` for ReLU symbols; any non-zero entry for the input box) are compacted (a
 cumulative count and a scatter), and each block runs its GEMM at the
 smallest of a few widths that holds them (``lax.switch`` per block inside
-the scan over blocks). The GEMMs' FLOPs then follow the non-zero columns
-block by block, not the layer width; the numbers are the same whichever
-width runs.
+the scan over blocks; off the CPU one width, the fullest block's, for all
+blocks, since a GPU waits on the host for every switch index). The GEMMs'
+FLOPs then follow the non-zero columns, not the layer width; the numbers
+are the same whichever width runs.
 """
 import contextlib
 from typing import List, NamedTuple, Optional
