@@ -240,6 +240,18 @@ class PiecesTest(absltest.TestCase):
       jax.effects_barrier()
     self.assertEqual(sink, [3 * 2.0 * n_out * 12 * k_dim])
 
+  def test_rows_radius_of_factors(self):
+    # sum over the window of |ct * bw|, with negative radii factors (a
+    # negative scale between a source and its conv), both forms.
+    from fl_jax.certification import local_chain  # pylint: disable=g-import-not-at-top
+    key = jax.random.key(11)
+    ct = jax.random.normal(key, (5, 3, 2, 2, 4))
+    bw = jax.random.normal(jax.random.fold_in(key, 1), (5, 2, 2, 4))
+    want = np.abs(np.asarray(ct) * np.asarray(bw)[:, None]).sum((2, 3, 4))
+    for top in (True, False):
+      np.testing.assert_allclose(local_chain.rows_radius(ct, bw, top), want,
+                                 rtol=1e-5, atol=1e-6)
+
   def test_widths(self):
     self.assertEqual(windowed._widths(400),
                      [0, 8, 16, 24, 40, 64, 96, 136, 200, 288, 400])

@@ -65,7 +65,6 @@ import numpy as np
 
 from fl_jax.certification import local_chain
 from fl_jax.certification import windowed
-from fl_jax.certification.conv_ops import EXACT
 
 # Mono(tonicity) classes for the exact |L| shortcut: 'both' = at most one
 # non-zero per row and per column (permutation / diagonal / slice / pad),
@@ -598,7 +597,8 @@ class Graph:
     for index, v in rows.items():
       self._local_rows[(id(node), index)] = v
     self._keep.append(node)
-    r = sum(_rows_radius(*f) for pairs in rows.values() for f in pairs)
+    r = sum(local_chain.rows_radius(*f) for pairs in rows.values()
+            for f in pairs)
     return r.reshape(out)
 
   def _local_row_block(self, levels) -> int:
@@ -647,26 +647,6 @@ class Graph:
       g = cts[s.index].reshape(node.size, s.size) * s.beta.reshape(1, -1)
       out.append(g.T.reshape((s.size,) + node.shape))
     return out
-
-
-def _rows_radius(ct, bw, top):
-  """``sum_window |ct * bw|`` of local rows in factors: ``[P, C_out]``.
-
-  ``ct[P, C_out, wh, ww, C_in]``, ``bw[P, wh, ww, C_in]`` (see
-  ``local_chain.local_rows``). A top-level ``ct`` (the kernel alone) makes
-  this a GEMM per position, ``|ct[o]| @ |bw[o]|``, with the points of a
-  chunk as its columns under ``vmap``; otherwise a streamed
-  multiply-abs-reduce.
-  """
-  n_pos, c_out = ct.shape[:2]
-  if top:
-    return jnp.einsum('ocw,ow->oc', jnp.abs(ct).reshape(n_pos, c_out, -1),
-                      jnp.abs(bw).reshape(n_pos, -1), precision=EXACT)
-  # The barrier keeps the window flat: XLA:CPU otherwise folds the reshape
-  # into a reduce over (wh, ww, C_in), which it runs ~15x slower.
-  ct, bw = jax.lax.optimization_barrier(
-      (ct.reshape(n_pos, c_out, -1), bw.reshape(n_pos, 1, -1)))
-  return jnp.sum(jnp.abs(ct * bw), -1)
 
 
 def abs_dot(ct, beta):

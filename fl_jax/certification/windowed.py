@@ -100,6 +100,11 @@ class _Axis(NamedTuple):
   n_win: int
   shift: int
 
+  def out_pad(self):
+    """Zero output positions (before, after) holding every block's window."""
+    return (max(0, -self.lo),
+            max(0, self.lo + self.n_blocks + self.n_win - 1 - self.out))
+
 
 class _SourcePlan(NamedTuple):
   source: object
@@ -272,12 +277,11 @@ def _block_matrix(rows, sp: _SourcePlan):
   pads = [(0, 0)] * rows.ndim
   starts = []
   for ax, pos_axis, win_axis in ((ah, 0, 3), (aw, 1, 4)):
-    p_lo, p_hi = ax.lo, ax.lo + ax.n_win - 1 + ax.n_blocks
     w_lo = ax.shift - (ax.n_win - 1) * ax.stride
     w_hi = ax.shift + ax.stride
-    pads[pos_axis] = (max(0, -p_lo), max(0, p_hi - ax.out))
+    pads[pos_axis] = ax.out_pad()
     pads[win_axis] = (max(0, -w_lo), max(0, w_hi - ax.window))
-    starts.append((max(0, -p_lo), max(0, -w_lo)))
+    starts.append((pads[pos_axis][0], max(0, -w_lo)))
   xp = jnp.pad(rows, pads)
   pieces = []
   for jh in range(ah.n_win):
@@ -306,17 +310,14 @@ def _block_mask(beta, sp: _SourcePlan):
 
 
 def _padded_weights(wc, sp: _SourcePlan):
-  """``W`` on the chain's output grid, padded for every window: ``[n_out, Hp, Wp * C]``.
+  """``W`` on the chain's padded output grid: ``[n_out, Hp, Wp * C]``.
 
   ``wc[n_out, Oh, Ow, C]``; zero rows where a window leaves the map. A
   block's window is then ``n_win`` consecutive rows of ``n_win * C``
   consecutive entries (:func:`_window`).
   """
   ah, aw = sp.axes
-  front = (max(0, -ah.lo), max(0, -aw.lo))
-  back = (max(0, ah.lo + ah.n_blocks + ah.n_win - 1 - ah.out),
-          max(0, aw.lo + aw.n_blocks + aw.n_win - 1 - aw.out))
-  wp = jnp.pad(wc, ((0, 0), (front[0], back[0]), (front[1], back[1]), (0, 0)))
+  wp = jnp.pad(wc, ((0, 0), ah.out_pad(), aw.out_pad(), (0, 0)))
   return wp.reshape(wp.shape[0], wp.shape[1], -1)
 
 
@@ -328,8 +329,8 @@ def _window(wp, sp: _SourcePlan, b):
   """
   ah, aw = sp.axes
   c = wp.shape[2] // (aw.n_blocks + aw.n_win - 1)
-  h0 = b // aw.n_blocks + ah.lo + max(0, -ah.lo)
-  w0 = b % aw.n_blocks + aw.lo + max(0, -aw.lo)
+  h0 = b // aw.n_blocks + ah.lo + ah.out_pad()[0]
+  w0 = b % aw.n_blocks + aw.lo + aw.out_pad()[0]
   win = jax.lax.dynamic_slice(wp, (0, h0, w0 * c),
                               (wp.shape[0], ah.n_win, aw.n_win * c))
   return win.reshape(wp.shape[0], -1)
