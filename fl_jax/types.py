@@ -19,3 +19,13 @@ Metrics = Mapping[str, Array]
 ApplyFn = Callable[[Params, Array], Array]
 # loss(params, x[B, ...], y[B], key) -> per-example loss [B]
 PerExampleLossFn = Callable[[Params, Array, Array, PRNGKey], Array]
+
+
+def is_traced(value) -> bool:
+  """True for a value being traced by an outer ``jit`` / ``vmap`` / ``scan``.
+
+  Validators accept traced values as they are (they cannot be inspected); a
+  vectorized sweep passes its per-run settings to the builders this way, after
+  checking every run's concrete value on the host.
+  """
+  return isinstance(value, jax.core.Tracer)

@@ -43,14 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fl_jax.types import ApplyFn, Array, Params, PRNGKey
+from fl_jax.types import ApplyFn, Array, Params, PRNGKey, is_traced
 
 
 # --- validation (runs before tracing; traced values are left to the caller) --
 
 
-def _is_traced(value) -> bool:
-  return isinstance(value, jax.core.Tracer)
+_is_traced = is_traced
 
 
 def check_scalar(name: str, value, *, positive: bool = False,
@@ -76,7 +75,12 @@ def check_scalar(name: str, value, *, positive: bool = False,
 
 
 def check_int(name: str, value, minimum: int):
-  """Raises ValueError unless ``value`` is a Python/NumPy int >= ``minimum``."""
+  """Raises ValueError unless ``value`` is a Python/NumPy int >= ``minimum``.
+
+  A traced integer scalar is accepted as it is.
+  """
+  if is_traced(value) and jnp.issubdtype(value.dtype, jnp.integer):
+    return
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise ValueError(f'{name} must be an int, got {value!r}')
   if value < minimum:

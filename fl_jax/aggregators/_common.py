@@ -18,10 +18,17 @@ import jax
 import jax.numpy as jnp
 
 from fl_jax import tree_math
+from fl_jax.types import is_traced
 
 
 def check_int(name: str, value, minimum: int = 0) -> int:
-  """Returns ``value`` as an int or raises ValueError naming it."""
+  """Returns ``value`` as an int or raises ValueError naming it.
+
+  A traced integer scalar (a per-run setting of a vectorized sweep) is
+  returned as it is.
+  """
+  if is_traced(value) and jnp.issubdtype(value.dtype, jnp.integer):
+    return value
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise ValueError(f'{name} must be an integer, got {value!r}')
   if value < minimum:
@@ -31,7 +38,12 @@ def check_int(name: str, value, minimum: int = 0) -> int:
 
 def check_float(name: str, value, *, positive: bool = False,
                 nonnegative: bool = False) -> float:
-  """Returns ``value`` as a finite float or raises ValueError naming it."""
+  """Returns ``value`` as a finite float or raises ValueError naming it.
+
+  A traced value (a per-run setting of a vectorized sweep) is returned as it is.
+  """
+  if is_traced(value):
+    return value
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f'{name} must be a real number, got {value!r}')
   value = float(value)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from fl_jax import tree_math
 from fl_jax.aggregators import _common
 from fl_jax.aggregators.base import Aggregator
-from fl_jax.types import PRNGKey
+from fl_jax.types import PRNGKey, is_traced
 
 
 class GaussianNoiseState(NamedTuple):
@@ -58,7 +58,7 @@ def gaussian_noise(sigma: float, seed: int = 0) -> Aggregator:
     for x, k in zip(leaves, keys):
       ok = finite.reshape((-1,) + (1,) * (x.ndim - 1))
       y = jnp.where(ok, x.astype(jnp.float32), 0.0)
-      if sigma > 0:
+      if is_traced(sigma) or sigma > 0:
         y = y + sigma * jax.random.normal(k, x.shape, jnp.float32)
       out.append(y.astype(x.dtype))
     updates = jax.tree.unflatten(treedef, out)

@@ -11,6 +11,7 @@ from fl_jax.aggregators.krum import krum, multi_krum
 from fl_jax.aggregators.median import median
 from fl_jax.aggregators.noise import gaussian_noise
 from fl_jax.aggregators.trimmed_mean import trimmed_mean
+from fl_jax.types import is_traced
 
 RULES = {
     'mean': weighted_mean,
@@ -59,7 +60,8 @@ def build(name: str, norm_bound: Optional[float] = None, dp_sigma: float = 0.0,
   gaussian_noise(dp_sigma, seed))``.
 
   The clipping stage is left out when ``norm_bound`` is None and the noise
-  stage when ``dp_sigma == 0``; the result is always a chain, so its state is
+  stage when ``dp_sigma == 0`` (a traced ``dp_sigma``, one per run of a
+  vectorized sweep, always keeps it: zero noise is then added exactly); the result is always a chain, so its state is
   a :class:`fl_jax.aggregators.base.ChainState`.
 
   Raises:
@@ -71,6 +73,6 @@ def build(name: str, norm_bound: Optional[float] = None, dp_sigma: float = 0.0,
     stages.append(clip_norm(_common.check_float('norm_bound', norm_bound, positive=True)))
   stages.append(get_aggregator(name, **hparams))
   dp_sigma = _common.check_float('dp_sigma', dp_sigma, nonnegative=True)
-  if dp_sigma > 0:
+  if is_traced(dp_sigma) or dp_sigma > 0:
     stages.append(gaussian_noise(dp_sigma, seed))
   return chain(*stages)

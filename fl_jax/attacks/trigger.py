@@ -40,7 +40,7 @@ from fl_jax.adversarial.pgd import check_scalar
 from fl_jax.adversarial.pgd import cross_entropy
 from fl_jax.adversarial.pgd import pgd
 from fl_jax.adversarial.training import num_adversarial
-from fl_jax.types import ApplyFn, Array, Params, PerExampleLossFn
+from fl_jax.types import ApplyFn, Array, Params, PerExampleLossFn, is_traced
 
 STRIPE_SIGNS = ('positive', 'alternating')
 
@@ -196,7 +196,7 @@ def backdoor_success_rate(apply_fn: ApplyFn, params: Params, x, y, trigger,
     raise ValueError(f'x {x.shape} and y {y.shape} must be a non-empty batch')
   if tuple(np.shape(trigger)) != tuple(x.shape[1:]):
     raise ValueError(f'trigger shape {np.shape(trigger)} != input shape {x.shape[1:]}')
-  if not bool(jnp.any(y != target)):
+  if not is_traced(y) and not bool(jnp.any(y != target)):
     raise ValueError(f'every example has the target class {target}')
   chunk = min(chunk_size, x.shape[0])
   return _success_impl(apply_fn, chunk)(params, x, y,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from fl_jax.adversarial.pgd import check_int
-from fl_jax.types import Array, Params, PerExampleLossFn, PRNGKey
+from fl_jax.types import Array, Params, PerExampleLossFn, PRNGKey, is_traced
 
 
 class ClientBatch(NamedTuple):
@@ -41,24 +41,25 @@ class LocalSGD(NamedTuple):
   weight_decay: float = 0.0
 
   def validate(self):
+    """Checks the ranges; traced values (per-run sweep settings) pass as they are."""
     for name in ('local_epochs', 'batch_size'):
       v = getattr(self, name)
       if not isinstance(v, int) or v <= 0:
         raise ValueError(f'{name} must be a positive int, got {v!r}')
-    if not self.lr > 0:
-      raise ValueError(f'lr must be > 0, got {self.lr!r}')
-    if not 0 < self.lr_decay <= 1:
-      raise ValueError(f'lr_decay must be in (0, 1], got {self.lr_decay!r}')
-    if not 0 <= self.momentum < 1:
-      raise ValueError(f'momentum must be in [0, 1), got {self.momentum!r}')
-    if not self.weight_decay >= 0:
-      raise ValueError(f'weight_decay must be >= 0, got {self.weight_decay!r}')
+    checks = (('lr', lambda v: v > 0, '> 0'), ('lr_decay', lambda v: 0 < v <= 1, 'in (0, 1]'),
+              ('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+              ('weight_decay', lambda v: v >= 0, '>= 0'))
+    for name, ok, what in checks:
+      v = getattr(self, name)
+      if not is_traced(v) and not ok(v):   # also rejects NaN
+        raise ValueError(f'{name} must be {what}, got {v!r}')
     return self
 
 
 def learning_rate(hp: LocalSGD, round_idx) -> Array:
   """``lr0 * decay**round``."""
-  return hp.lr * jnp.power(jnp.float32(hp.lr_decay), jnp.asarray(round_idx, jnp.float32))
+  return hp.lr * jnp.power(jnp.asarray(hp.lr_decay, jnp.float32),
+                           jnp.asarray(round_idx, jnp.float32))
 
 
 def make_client_update(loss_fn: PerExampleLossFn, hp: LocalSGD, *,

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from fl_jax import metrics as metrics_lib
-from fl_jax.types import Array
+from fl_jax.types import Array, is_traced
 
 
 class DefenderData(NamedTuple):
@@ -22,6 +22,12 @@ class DefenderData(NamedTuple):
   cert_y: Array
 
 
+def pgd_metric_name(pgd_eps) -> str:
+  """``'pgd_accuracy@<eps>'``; a traced radius (one per run of a vectorized
+  sweep) is named ``'pgd_accuracy@adv_eps'``, the config key it comes from."""
+  return f'pgd_accuracy@{"adv_eps" if is_traced(pgd_eps) else format(pgd_eps, "g")}'
+
+
 def metric_names(pgd_eps: float, cert_eps: Sequence[float], *, clean=True, pgd=True,
                  cert_acc=True, cert_loss=True):
   """``(acc_keys, loss_keys)`` of a measuring function built with these options."""
@@ -29,7 +35,7 @@ def metric_names(pgd_eps: float, cert_eps: Sequence[float], *, clean=True, pgd=T
   if clean:
     acc.append('clean_accuracy')
   if pgd:
-    acc.append(f'pgd_accuracy@{pgd_eps:g}')
+    acc.append(pgd_metric_name(pgd_eps))
   for e in cert_eps:
     if cert_acc:
       acc.append(f'certified_accuracy@{e:g}')
@@ -62,9 +68,9 @@ def make_measure(apply_fn: Callable, *, pgd_eps: float = 0.25, pgd_steps: int = 
     if clean:
       out['clean_accuracy'] = metrics_lib.accuracy(apply_fn, params, data.val_x, data.val_y)
     if pgd:
-      accs = metrics_lib.pgd_accuracy(apply_fn, params, data.val_x, data.val_y, key,
-                                      [pgd_eps], steps=pgd_steps, restarts=pgd_restarts)
-      out[f'pgd_accuracy@{pgd_eps:g}'] = accs[float(pgd_eps)]
+      out[pgd_metric_name(pgd_eps)] = metrics_lib.pgd_accuracy_at(
+          apply_fn, params, data.val_x, data.val_y, key, pgd_eps, steps=pgd_steps,
+          restarts=pgd_restarts)
     for e in cert_eps:
       res = certification.certify(apply_fn, params, data.cert_x, data.cert_y, e,
                                   domain=domain, chunk_size=cert_chunk)

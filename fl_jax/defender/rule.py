@@ -25,7 +25,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from fl_jax.types import Array, Params
+from fl_jax.types import Array, Params, is_traced
 
 
 class DefenderState(NamedTuple):
@@ -64,6 +64,9 @@ def decide(metrics: Mapping[str, Array], reference: Mapping[str, Array], *,
   def band(tol, ref):
     # tol * |ref| + atol; an infinite tolerance leaves that side unchecked
     # (also around a zero reference, where inf * 0 would be NaN).
+    if is_traced(tol):
+      finite = jnp.isfinite(tol)
+      return jnp.where(finite, jnp.where(finite, tol, 0.0) * ref + loss_atol, jnp.inf)
     if tol == float('inf'):
       return jnp.inf
     return tol * ref + loss_atol
@@ -99,11 +102,12 @@ def make_defender(measure: Callable, *, acc_keys: Sequence[str],
 
   A candidate with any non-finite metric is always rejected.
   """
-  if not 0 <= acc_ratio <= 1:
+  # Traced tolerances (per-run settings of a vectorized sweep) pass unchecked.
+  if not is_traced(acc_ratio) and not 0 <= acc_ratio <= 1:
     raise ValueError(f'acc_ratio must be in [0, 1], got {acc_ratio!r}')
   for name, v in (('loss_tol', loss_tol), ('loss_atol', loss_atol), ('acc_atol', acc_atol),
                   ('loss_down_tol', 0.0 if loss_down_tol is None else loss_down_tol)):
-    if not v >= 0:   # also rejects NaN
+    if not is_traced(v) and not v >= 0:   # also rejects NaN
       raise ValueError(f'{name} must be >= 0, got {v!r}')
   if not acc_keys and not loss_keys:
     raise ValueError('the defender needs at least one check (acc_keys or loss_keys)')

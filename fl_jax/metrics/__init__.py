@@ -3,6 +3,7 @@ from fl_jax.metrics.evaluation import accuracy
 from fl_jax.metrics.evaluation import ap_ratio
 from fl_jax.metrics.evaluation import per_client_accuracy
 from fl_jax.metrics.evaluation import pgd_accuracy
+from fl_jax.metrics.evaluation import pgd_accuracy_at
 from fl_jax.metrics.evaluation import selection_counts
 from fl_jax.metrics.writer import JsonlWriter
 from fl_jax.metrics.writer import read_jsonl

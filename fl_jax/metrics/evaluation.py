@@ -193,38 +193,56 @@ def pgd_accuracy(apply_fn: ApplyFn, params: Params, x: Array, y: Array,
     hi: upper end of the valid input range.
 
   Returns:
-    ``{float(eps): float32 scalar array}``.
+    ``{float(eps): float32 scalar array}`` (see :func:`pgd_accuracy_at` for
+    one radius that may be traced).
 
   Raises:
     ValueError: for a negative or non-finite eps, ``steps < 1``,
       ``restarts < 1``, ``step_size <= 0``, ``temperature <= 0``,
       ``restarts > 1`` without random start, or mismatched shapes.
   """
-  _check_int('chunk_size', chunk_size, 1)
-  _check_int('restarts', restarts, 1)
-  _check_xy(x, y)
   eps_values = [eps_list] if np.ndim(eps_list) == 0 else list(eps_list)
   if not eps_values:
     raise ValueError('eps_list is empty')
   for eps in eps_values:
     check_scalar('eps', eps, nonnegative=True)
+  return {float(eps): pgd_accuracy_at(
+      apply_fn, params, x, y, key, float(eps), steps=steps, step_size=step_size,
+      restarts=restarts, temperature=temperature, chunk_size=chunk_size,
+      random_start=random_start, keep_best=keep_best, lo=lo, hi=hi)
+          for eps in eps_values}
+
+
+def pgd_accuracy_at(apply_fn: ApplyFn, params: Params, x: Array, y: Array,
+                    key: PRNGKey, eps, *, steps: int = 20, step_size=None,
+                    restarts: int = 1, temperature=1.0, chunk_size: int = 500,
+                    random_start: bool = True, keep_best: bool = True, lo=0.0,
+                    hi=1.0) -> Array:
+  """:func:`pgd_accuracy` at one radius ``eps``, which may be traced.
+
+  A traced ``eps`` (or ``step_size``, e.g. one per run of a vectorized sweep)
+  shares the compiled attack of every concrete radius. Arguments and checks
+  are those of :func:`pgd_accuracy`; returns a float32 scalar array.
+  """
+  _check_int('chunk_size', chunk_size, 1)
+  _check_int('restarts', restarts, 1)
+  _check_xy(x, y)
+  check_scalar('eps', eps, nonnegative=True)
   if step_size is not None:
     check_scalar('step_size', step_size, positive=True)
   check_attack_args(eps=0.0, steps=steps, step_size=1.0,
-                            temperature=temperature, lo=lo, hi=hi)
+                    temperature=temperature, lo=lo, hi=hi)
   if restarts > 1 and not random_start:
     raise ValueError(f'restarts={restarts} > 1 needs random_start=True '
                      '(without it every restart is the same attack)')
   chunk = min(chunk_size, x.shape[0])
   run = _pgd_accuracy_impl(apply_fn, chunk, steps, restarts,
                            bool(random_start), bool(keep_best))
-  out = {}
-  for eps in eps_values:
-    eps = float(eps)
-    a = 2.5 * eps / steps if step_size is None else float(step_size)
-    out[eps] = run(params, x, y, key, jnp.float32(eps), jnp.float32(a),
-                   jnp.float32(temperature), jnp.float32(lo), jnp.float32(hi))
-  return out
+  eps = jnp.asarray(eps, jnp.float32)
+  a = 2.5 * eps / steps if step_size is None else jnp.asarray(step_size, jnp.float32)
+  return run(params, x, y, key, eps, a, jnp.asarray(temperature, jnp.float32),
+             jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32))
+
 
 
 # --- per-client accuracy and the AP ratio ------------------------------------

@@ -34,6 +34,7 @@ from fl_jax import models as models_lib
 from fl_jax.metrics.writer import JsonlWriter, to_jsonable
 from fl_jax.simulation import checkpoint as ckpt_lib
 from fl_jax.simulation.round import init_server_state, make_round_fn
+from fl_jax.types import is_traced
 
 REQUIRED_KEYS = (
     'dataset', 'data_dir', 'num_cert', 'num_val', 'partition', 'dirichlet_alpha',
@@ -156,13 +157,25 @@ def build_attack(cfg, model, clients, cert=None):
   """``(Attack, attack_data, is_malicious, trigger)`` of the config, or Nones."""
   if not cfg.get('attack'):
     return None, None, None, None
-  from fl_jax import attacks  # pylint: disable=g-import-not-at-top
   is_mal, data = attacker_pool(cfg, clients)
+  attack, trigger = build_attack_fn(cfg, model, is_mal, cert)
+  return attack, data, is_mal, trigger
+
+
+def build_attack_fn(cfg, model, is_malicious, cert=None):
+  """``(Attack, trigger)`` of the config given the malicious pool, or Nones.
+
+  Needs no client data, so a vectorized sweep builds it inside its traced
+  program with per-run settings (e.g. ``attack_lr``) as traced values.
+  """
+  if not cfg.get('attack'):
+    return None, None
+  from fl_jax import attacks  # pylint: disable=g-import-not-at-top
   part = attacks.fixed_pool(cfg['num_clients'], cfg['num_malicious'], cfg['malicious_seed'],
                             start_round=cfg['attack_start_round'],
-                            min_malicious=cfg['attack_min_malicious'], is_malicious=is_mal)
+                            min_malicious=cfg['attack_min_malicious'], is_malicious=is_malicious)
   craft, trigger = build_craft(cfg, model, cert)
-  return attacks.make_attack(part, craft), data, is_mal, trigger
+  return attacks.make_attack(part, craft), trigger
 
 
 DEFENDER_CHECKS = ('clean', 'pgd', 'cert_acc', 'cert_loss')
@@ -226,16 +239,33 @@ def build_aggregator(cfg) -> agg_lib.Aggregator:
   if name == 'geometric_median':
     hp.update(nu=cfg.get('gm_nu', 1e-5), tol=cfg.get('gm_tol', 1e-1),
               max_iters=cfg.get('gm_max_iters', 500))
-  return build(name, norm_bound=cfg['norm_bound'] or None,
+  norm_bound = cfg['norm_bound']
+  if not is_traced(norm_bound) and not norm_bound:
+    norm_bound = None   # 0 = no clipping
+  return build(name, norm_bound=norm_bound,
                dp_sigma=cfg['dp_sigma'], seed=cfg['seed'], **hp)
 
 
-def build_experiment(config) -> Experiment:
-  cfg = config_to_dict(config)
-  validate_config(cfg)
+class ExperimentData(NamedTuple):
+  """The data sets of a config: held-out sets, test set and client partition."""
+  clients: data_lib.ClientData
+  test: data_lib.Dataset
+  cert: data_lib.Dataset
+  val: data_lib.Dataset
+  input_shape: tuple
+  num_classes: int
+
+
+def load_data(cfg: Mapping[str, Any]) -> ExperimentData:
+  """Loads the data set and partitions it over clients as ``cfg`` says."""
   data_dir = cfg['data_dir'] or None
   train_ds = data_lib.load_dataset(cfg['dataset'], 'train', data_dir=data_dir)
   test_ds = data_lib.load_dataset(cfg['dataset'], 'test', data_dir=data_dir)
+  return partition_data(cfg, train_ds, test_ds)
+
+
+def partition_data(cfg: Mapping[str, Any], train_ds, test_ds) -> ExperimentData:
+  """Held-out sets and the client partition of loaded data (see :func:`load_data`)."""
   cert, val, rest = data_lib.holdout_split(train_ds, cfg['num_cert'], cfg['num_val'])
   if cfg['client_pool_size']:
     n = cfg['client_pool_size']
@@ -247,48 +277,127 @@ def build_experiment(config) -> Experiment:
       rest, cfg['num_clients'], partition=cfg['partition'],
       alpha=cfg['dirichlet_alpha'], seed=cfg['data_seed'],
       min_size=cfg['min_client_size'])
-  model = models_lib.get_model(cfg['model'], train_ds.x.shape[1:], train_ds.num_classes,
-                               conv_impl=cfg['conv_impl'] or None)
+  return ExperimentData(clients, test_ds, cert, val, tuple(train_ds.x.shape[1:]),
+                        train_ds.num_classes)
+
+
+def build_model(cfg: Mapping[str, Any], input_shape, num_classes) -> models_lib.Model:
+  return models_lib.get_model(cfg['model'], input_shape, num_classes,
+                              conv_impl=cfg['conv_impl'] or None)
+
+
+class RoundParts(NamedTuple):
+  """What one round is made of, built from a config without touching client data."""
+  client_update: Callable
+  aggregator: agg_lib.Aggregator
+  attack: Any
+  defender: Any
+  round_fn: Callable
+  trigger: Any
+
+
+def build_round(cfg: Mapping[str, Any], model: models_lib.Model, cert, val, *,
+                jit: bool = True) -> RoundParts:
+  """The round of ``cfg`` (client update, rule, attack, defender, ``round_fn``).
+
+  Values of the sweepable keys (:data:`fl_jax.simulation.batch.TRACED_KEYS`)
+  may be traced: a vectorized sweep calls this inside its program with one
+  run's settings, so that the round is the same function whether it runs
+  alone or as one of ``R`` vmapped runs.
+  """
   hp = client_lib.LocalSGD(cfg['local_epochs'], cfg['batch_size'], cfg['lr'],
                            cfg['lr_decay'], cfg['momentum'], cfg['weight_decay'])
   client_update = client_lib.make_client_update(build_loss(cfg, model.apply), hp)
   aggregator = build_aggregator(cfg)
-  attack, attack_data, is_malicious, trigger = build_attack(cfg, model, clients, cert)
-  defender, defender_data = build_defender(cfg, model, cert, val)
+  attack, trigger = None, None
+  if cfg.get('attack'):
+    from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+    is_mal = attacks.malicious_pool(cfg['num_clients'], cfg['num_malicious'],
+                                    cfg['malicious_seed'])
+    attack, trigger = build_attack_fn(cfg, model, is_mal, cert)
+  defender, _ = build_defender(cfg, model, cert, val)
   round_fn = make_round_fn(
       client_update, aggregator, num_clients=cfg['num_clients'],
       clients_per_round=cfg['clients_per_round'], seed=cfg['seed'],
       client_parallel=cfg['client_parallel'] or None,
-      chunk_size=cfg['chunk_size'] or None, attack=attack, defender=defender)
-  return Experiment(cfg, model, clients, test_ds, cert, val, client_update,
-                    aggregator, round_fn, attack, attack_data, is_malicious,
-                    defender, defender_data, trigger)
+      chunk_size=cfg['chunk_size'] or None, attack=attack, defender=defender, jit=jit)
+  return RoundParts(client_update, aggregator, attack, defender, round_fn, trigger)
 
 
-def evaluate(exp: Experiment, params, round_idx: int) -> dict:
-  """Test-set metrics of ``params`` (clean, and PGD at ``eval_pgd_eps``)."""
-  cfg = exp.config
-  out = {'test_accuracy': float(metrics_lib.accuracy(exp.model.apply, params,
-                                                     exp.test.x, exp.test.y))}
-  if exp.trigger is not None:
+def build_experiment(config) -> Experiment:
+  cfg = config_to_dict(config)
+  validate_config(cfg)
+  data = load_data(cfg)
+  model = build_model(cfg, data.input_shape, data.num_classes)
+  parts = build_round(cfg, model, data.cert, data.val)
+  _, attack_data, is_malicious, _ = build_attack(cfg, model, data.clients, data.cert)
+  _, defender_data = build_defender(cfg, model, data.cert, data.val)
+  return Experiment(cfg, model, data.clients, data.test, data.cert, data.val,
+                    parts.client_update, parts.aggregator, parts.round_fn, parts.attack,
+                    attack_data, is_malicious, parts.defender, defender_data, parts.trigger)
+
+
+def evaluate_arrays(cfg: Mapping[str, Any], model: models_lib.Model, params, round_idx,
+                    test_x, test_y, trigger=None) -> dict:
+  """Test-set metrics of ``params`` as float32 scalars (traceable, vmappable).
+
+  ``test_accuracy``; ``backdoor_success`` with a trigger; and
+  ``pgd_accuracy@eps`` (plus ``temp_pgd_accuracy@eps`` with
+  ``eval_pgd_temperature``) for each ``eval_pgd_eps`` on the first
+  ``eval_pgd_points`` test points, the random starts keyed by
+  ``fold_in(key(seed + 1), round)``. The sequential driver evaluates on the
+  host with it and a vectorized sweep inside its compiled program.
+  """
+  out = {'test_accuracy': metrics_lib.accuracy(model.apply, params, test_x, test_y)}
+  if trigger is not None:
     from fl_jax import attacks  # pylint: disable=g-import-not-at-top
-    out['backdoor_success'] = float(attacks.backdoor_success_rate(
-        exp.model.apply, params, exp.test.x, exp.test.y, exp.trigger,
-        cfg['backdoor_target']))
+    out['backdoor_success'] = attacks.backdoor_success_rate(
+        model.apply, params, test_x, test_y, trigger, cfg['backdoor_target'])
   if cfg['eval_pgd_eps']:
-    n = min(cfg['eval_pgd_points'], exp.test.x.shape[0])
+    n = min(cfg['eval_pgd_points'], test_x.shape[0])
     key = jax.random.fold_in(jax.random.key(cfg['seed'] + 1), round_idx)
     temps = [('pgd_accuracy', 1.0)]
     if cfg.get('eval_pgd_temperature'):  # the distillation attacker's view
       temps.append(('temp_pgd_accuracy', cfg['eval_pgd_temperature']))
     for name, t in temps:
-      accs = metrics_lib.pgd_accuracy(
-          exp.model.apply, params, exp.test.x[:n], exp.test.y[:n], key,
-          list(cfg['eval_pgd_eps']), steps=cfg['eval_pgd_steps'],
-          restarts=cfg['eval_pgd_restarts'], temperature=t)
-      for eps, acc in accs.items():
-        out[f'{name}@{float(eps):g}'] = float(acc)
+      for eps in cfg['eval_pgd_eps']:
+        out[f'{name}@{float(eps):g}'] = metrics_lib.pgd_accuracy_at(
+            model.apply, params, test_x[:n], test_y[:n], key, float(eps),
+            steps=cfg['eval_pgd_steps'], restarts=cfg['eval_pgd_restarts'], temperature=t)
   return out
+
+
+def evaluate(exp: Experiment, params, round_idx: int) -> dict:
+  """Test-set metrics of ``params`` as Python floats (see :func:`evaluate_arrays`)."""
+  out = evaluate_arrays(exp.config, exp.model, params, round_idx, exp.test.x, exp.test.y,
+                        exp.trigger)
+  return {k: float(v) for k, v in out.items()}
+
+
+def round_record(rm, *, attack: bool, defender: bool) -> dict:
+  """The per-round figures written to ``rounds.jsonl`` (arrays; traceable).
+
+  ``client_ids``, mean ``train_loss``, ``aggregate_norm``, the attack's
+  ``active`` / ``num_malicious`` / ``crafted_norm`` and every figure and
+  verdict of the defender.
+  """
+  rec = {'client_ids': rm.client_ids, 'train_loss': jnp.mean(rm.train_loss),
+         'aggregate_norm': rm.aggregate_norm}
+  if attack:
+    rec.update({f'attack/{k}': rm.attack[k] for k in ('active', 'num_malicious',
+                                                       'crafted_norm')})
+  if defender:
+    rec.update({f'defender/{k}': v for k, v in rm.defender.items()})
+  return rec
+
+
+def defender_reason(rec: Mapping[str, Any]) -> str:
+  """``'accepted'`` or ``'rejected: <failed checks>'`` of a round record."""
+  if bool(rec['defender/accept']):
+    return 'accepted'
+  failed = [k[len('defender/ok/'):] for k, v in rec.items()
+            if k.startswith('defender/ok/') and not bool(v)]
+  return 'rejected: ' + (', '.join(failed) if failed else 'non-finite metric')
 
 
 def _log(msg: str) -> None:
@@ -349,15 +458,10 @@ def train(config, workdir: str, resume: bool = False,
     losses.append(rm.train_loss)
     r = int(state.round)  # rounds done
     if per_round:  # every attack and every defender decision, with its figures
-      rec = {'round': r, 'client_ids': rm.client_ids,
-             'train_loss': jnp.mean(rm.train_loss), 'aggregate_norm': rm.aggregate_norm,
-             **{f'attack/{k}': v for k, v in
-             rm.attack.items() if k in ('active', 'num_malicious', 'crafted_norm')},
-             **{f'defender/{k}': v for k, v in rm.defender.items()}}
+      rec = {'round': r, **round_record(rm, attack=exp.attack is not None,
+                                        defender=exp.defender is not None)}
       if exp.defender is not None:
-        failed = [k[3:] for k, v in rm.defender.items() if k.startswith('ok/') and not bool(v)]
-        rec['defender/reason'] = 'accepted' if bool(rm.defender['accept']) else (
-            'rejected: ' + (', '.join(failed) if failed else 'non-finite metric'))
+        rec['defender/reason'] = defender_reason(rec)
       round_writer.write(rec)
     if r % cfg['eval_every'] == 0 or r == rounds:
       ev = evaluate(exp, state.params, r)
