@@ -1,12 +1,35 @@
-r"""Runs a sweep: one training run per override dict, sequentially.
+r"""Runs a sweep: one training run per override dict, vectorized by default.
 
 A sweep file defines ``get_sweep(arg) -> list[dict]`` of config overrides, built
-from the small ``product`` / ``zipped`` helpers of ``launch/sweep_lib.py``; each run writes to
-``<workdir>/<name>`` where the name joins the overrides. Example::
+from the small ``product`` / ``zipped`` helpers of ``launch/sweep_lib.py``. Runs
+that differ only in traced settings (seeds, learning rate, clipping bound, DP
+noise, ...; ``fl_jax.simulation.batch.TRACED_KEYS``) share one compiled
+program whose runs axis is a ``jax.vmap``; runs that differ in a shape or in
+the code (model, rule, clients per round, ...) form separate groups. Example::
 
-  python -m launch.sweep --sweep=launch/sweeps/aggregators.py \
-      --config=launch/configs/mnist_fedavg.py --workdir=workdirs/sweep_agg
+  python -m launch.sweep --sweep=launch/sweeps/seeds_and_clipping.py \
+      --config=launch/configs/mnist_fedavg.py --workdir=workdirs/sweep_ndc
+  python -m launch.sweep --sweep=launch/sweeps/seeds_and_clipping.py:smoke \
+      --config=launch/configs/mnist_fedavg.py:smoke --workdir=/tmp/sweep --resume
+
+Writes:
+
+* ``<workdir>/<run name>/`` -- each run's ``config.json``, ``metrics.jsonl``,
+  ``rounds.jsonl`` (with an attack or a defender), ``summary.json`` and
+  ``checkpoint.npz``, as ``launch.train`` writes them;
+* ``<workdir>/sweep_results.jsonl`` -- one line per run: its name, group,
+  overrides and final metrics;
+* ``<workdir>/sweep_summary.json`` and ``sweep_summary.png`` -- the final
+  ``--metric`` per setting (the overrides without the seeds), mean and spread
+  over seeds;
+* ``<workdir>/_batches/<group>/batch_checkpoint.npz`` -- each group's whole
+  batch after every block; ``--resume`` continues a killed sweep from them
+  to the same result.
+
+``--novectorize`` runs the same runs one after another (``launch.train``'s
+loop), for comparison.
 """
+import hashlib
 import json
 import os
 
@@ -14,39 +37,107 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from launch.sweep_lib import load_sweep, run_name
+from launch.sweep_lib import apply_overrides, load_sweep, run_name, summarize
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'mnist_fedavg.py')
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Base config.')
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file with get_sweep(arg) (path[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/sweep', 'Parent output folder.')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Only print the runs.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Only print the runs and their groups.')
+_VECTORIZE = flags.DEFINE_bool('vectorize', True,
+                               'Run each group as one vectorized program (else one by one).')
+_RESUME = flags.DEFINE_bool('resume', False, 'Continue a killed sweep from its checkpoints.')
+_BLOCK_EVALS = flags.DEFINE_integer('block_evals', 4,
+                                    'Evaluations (of eval_every rounds each) per dispatch.')
+_METRIC = flags.DEFINE_string('metric', 'test_accuracy', 'Final metric of the summary plot.')
+
+
+def plan(base, runs):
+  """``(configs, names, groups)`` of a sweep; checks every override first."""
+  from fl_jax.simulation import batch  # pylint: disable=g-import-not-at-top
+  configs = [apply_overrides(base, o).to_dict() for o in runs]
+  names = [run_name(o) for o in runs]
+  dupes = sorted({n for n in names if names.count(n) > 1})
+  if dupes:
+    raise ValueError(f'the sweep repeats the runs {dupes}')
+  return configs, names, batch.group_runs(configs)
+
+
+def group_dirname(g, names) -> str:
+  """``group<g>-<hash of its run names>``: a changed sweep never resumes a stale batch."""
+  return f'group{g}-' + hashlib.sha1('\n'.join(names).encode()).hexdigest()[:8]
+
+
+def write_results(workdir, runs, names, group_of, summaries, metric):
+  """``sweep_results.jsonl``, ``sweep_summary.json`` and the summary plot."""
+  results = [{'run': n, 'group': group_of[i], 'overrides': o, 'final': summaries[i]}
+             for i, (n, o) in enumerate(zip(names, runs))]
+  with open(os.path.join(workdir, 'sweep_results.jsonl'), 'w') as f:
+    for r in results:
+      f.write(json.dumps(r) + '\n')
+  table = summarize(results, metric)
+  with open(os.path.join(workdir, 'sweep_summary.json'), 'w') as f:
+    json.dump({'metric': metric, 'settings': table}, f, indent=2)
+  if table:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    labels = list(table)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.6))
+    means = [table[k]['mean'] for k in labels]
+    err = [[table[k]['mean'] - table[k]['min'] for k in labels],
+           [table[k]['max'] - table[k]['mean'] for k in labels]]
+    ax.bar(range(len(labels)), means, yerr=err, capsize=4, color='#4c72b0')
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha='right', fontsize=8)
+    ax.set_ylabel(f'final {metric}')
+    ax.set_title(f'mean over seeds, bars: min-max (n = {table[labels[0]]["n"]})', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, 'sweep_summary.png'), dpi=120)
+    plt.close(fig)
+  return results, table
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _SWEEP.value:
     raise app.UsageError('--sweep is required')
   runs = load_sweep(_SWEEP.value)
+  configs, names, groups = plan(_CONFIG.value, runs)
+  from fl_jax.simulation import batch  # pylint: disable=g-import-not-at-top
   from fl_jax.simulation import train  # pylint: disable=g-import-not-at-top
-  results = []
-  for overrides in runs:
-    cfg = _CONFIG.value.copy_and_resolve_references()
-    for k, v in overrides.items():
-      if k not in cfg:
-        raise ValueError(f'sweep override {k!r} is not a config key')
-      cfg[k] = v
-    workdir = os.path.join(_WORKDIR.value, run_name(overrides))
-    print(f'== {workdir}', flush=True)
-    if _DRY_RUN.value:
-      continue
-    summary = train.train(cfg, workdir)
-    results.append({**overrides, **summary})
-  if results:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, 'sweep_results.jsonl'), 'w') as f:
-      for r in results:
-        f.write(json.dumps(r) + '\n')
+  group_of = {}
+  for g, idx in enumerate(groups):
+    for i in idx:
+      group_of[i] = g
+    traced = [k for k in batch.varying_keys([configs[i] for i in idx]) if k in batch.TRACED_KEYS]
+    print(f'group {g}: {len(idx)} run(s) in one program'
+          + (f', traced per run: {", ".join(traced)}' if traced else ''), flush=True)
+    for i in idx:
+      print(f'  {names[i]}', flush=True)
+  if _DRY_RUN.value:
+    return
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  workdirs = [os.path.join(_WORKDIR.value, n) for n in names]
+  summaries = [None] * len(configs)
+  for g, idx in enumerate(groups):
+    if _VECTORIZE.value:
+      out = batch.run_batch([configs[i] for i in idx], [workdirs[i] for i in idx],
+                            batch_dir=os.path.join(_WORKDIR.value, '_batches',
+                                                   group_dirname(g, [names[i] for i in idx])),
+                            resume=_RESUME.value, evals_per_block=_BLOCK_EVALS.value,
+                            name=f'group {g}')
+      for i, s in zip(idx, out):
+        summaries[i] = s
+    else:
+      for i in idx:
+        print(f'== {workdirs[i]}', flush=True)
+        summaries[i] = train.train(configs[i], workdirs[i], resume=_RESUME.value)
+  _, table = write_results(_WORKDIR.value, runs, names, group_of, summaries, _METRIC.value)
+  for name, row in table.items():
+    print(f'{name or "base"}: {_METRIC.value} {row["mean"]:.4f} '
+          f'(min {row["min"]:.4f}, max {row["max"]:.4f}, n={row["n"]})', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,9 @@
 """Sweeps as data: small helpers to build lists of config overrides."""
+import difflib
 import importlib.util
 import itertools
+
+import numpy as np
 
 
 def product(**axes):
@@ -11,10 +14,64 @@ def product(**axes):
 
 def zipped(**axes):
   """Element-wise: ``zipped(a=[1, 2], b=[3, 4])`` -> ``[{a:1,b:3}, {a:2,b:4}]``."""
-  lengths = {len(v) for v in axes.values()}
-  if len(lengths) != 1:
+  lengths = {k: len(v) for k, v in axes.items()}
+  if len(set(lengths.values())) > 1:
     raise ValueError(f'zipped axes must have equal lengths, got {lengths}')
   return [dict(zip(axes, vals)) for vals in zip(*axes.values())]
+
+
+SEED_KEYS = ('seed', 'data_seed', 'malicious_seed')
+
+
+def apply_overrides(base, overrides):
+  """A copy of the ConfigDict ``base`` with ``overrides`` set.
+
+  Raises:
+    ValueError: an override is not a key of ``base`` (the message names it and
+      the closest keys), or its value does not fit the key's type.
+  """
+  cfg = base.copy_and_resolve_references()
+  for k, v in overrides.items():
+    if k not in cfg:
+      close = difflib.get_close_matches(k, list(cfg.keys()), n=3)
+      hint = f'; did you mean {close}?' if close else ''
+      raise ValueError(f'sweep override {k!r} (= {v!r}) is not a config key{hint}')
+    try:
+      cfg[k] = v
+    except (TypeError, ValueError) as e:
+      raise ValueError(f'sweep override {k}={v!r} does not fit the config: {e}') from e
+  return cfg
+
+
+def setting_name(overrides) -> str:
+  """The run name without its seeds: the runs of one setting differ only in seed."""
+  return run_name({k: v for k, v in overrides.items() if k not in SEED_KEYS})
+
+
+def summarize(results, metric: str):
+  """Mean and spread over seeds of ``metric``, per setting.
+
+  Args:
+    results: dicts with ``overrides`` and ``final`` (``sweep_results.jsonl``).
+    metric: a key of ``final``.
+
+  Returns:
+    ``{setting: {'mean', 'std', 'min', 'max', 'n'}}`` in first-seen order
+    (``std`` is the population standard deviation; runs lacking the metric
+    are left out).
+  """
+  values = {}
+  for r in results:
+    v = r['final'].get(metric)
+    if v is None:
+      continue
+    values.setdefault(setting_name(r['overrides']), []).append(float(v))
+  out = {}
+  for name, vs in values.items():
+    a = np.asarray(vs)
+    out[name] = {'mean': float(a.mean()), 'std': float(a.std()), 'min': float(a.min()),
+                 'max': float(a.max()), 'n': int(a.size)}
+  return out
 
 
 def run_name(overrides) -> str:

@@ -388,7 +388,7 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
         if per_round:
           for e in np.flatnonzero(done):
             rec = {'round': int(rounds_done[e]),
-                   **{k: v[e] for k, v in seg.items()
+                   **{_run_key(k, batch.configs[i]): v[e] for k, v in seg.items()
                       if k not in ('done', 'update_norm_mean')}}
             if cfg0.get('defender'):
               rec['defender/reason'] = train_lib.defender_reason(rec)
@@ -423,6 +423,13 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
     summaries.append(summary)
   log(f'[{name}] {num} runs done; compiled the block {block.num_traces()} time(s)')
   return summaries
+
+
+def _run_key(key: str, cfg: Mapping[str, Any]) -> str:
+  """A metric name with a traced radius named as a run alone names it."""
+  if key.endswith('@adv_eps'):
+    return key[:-len('adv_eps')] + format(cfg['adv_eps'], 'g')
+  return key
 
 
 def _read(path):
