@@ -237,7 +237,7 @@ def make_init_fn(batch: Batch) -> Callable:
     return init_server_state(jax.tree.map(jnp.copy, params), parts.aggregator,
                              defender_state=dstate)
 
-  return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+  return jax.jit(jax.vmap(one, in_axes=(0, None, None), axis_size=len(batch.configs)))
 
 
 def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
@@ -280,7 +280,8 @@ def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
   def block(state, settings, clients, attack_data, defender_data, test_x, test_y):
     traces[0] += 1
     axes = (0, 0, batch.data_axis, batch.data_axis, None, None, None)
-    return jax.vmap(one_run, in_axes=axes)(state, settings, clients, attack_data,
+    return jax.vmap(one_run, in_axes=axes, axis_size=len(batch.configs))(
+        state, settings, clients, attack_data,
                                            defender_data, test_x, test_y)
 
   fn = jax.jit(block, donate_argnums=0)
