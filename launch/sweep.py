@@ -29,15 +29,13 @@ Writes:
 ``--novectorize`` runs the same runs one after another (``launch.train``'s
 loop), for comparison.
 """
-import hashlib
-import json
 import os
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from launch.sweep_lib import apply_overrides, load_sweep, run_name, summarize
+from launch.sweep_lib import group_dirname, load_sweep, plan, write_results
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'mnist_fedavg.py')
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Base config.')
@@ -50,52 +48,6 @@ _RESUME = flags.DEFINE_bool('resume', False, 'Continue a killed sweep from its c
 _BLOCK_EVALS = flags.DEFINE_integer('block_evals', 4,
                                     'Evaluations (of eval_every rounds each) per dispatch.')
 _METRIC = flags.DEFINE_string('metric', 'test_accuracy', 'Final metric of the summary plot.')
-
-
-def plan(base, runs):
-  """``(configs, names, groups)`` of a sweep; checks every override first."""
-  from fl_jax.simulation import batch  # pylint: disable=g-import-not-at-top
-  configs = [apply_overrides(base, o).to_dict() for o in runs]
-  names = [run_name(o) for o in runs]
-  dupes = sorted({n for n in names if names.count(n) > 1})
-  if dupes:
-    raise ValueError(f'the sweep repeats the runs {dupes}')
-  return configs, names, batch.group_runs(configs)
-
-
-def group_dirname(g, names) -> str:
-  """``group<g>-<hash of its run names>``: a changed sweep never resumes a stale batch."""
-  return f'group{g}-' + hashlib.sha1('\n'.join(names).encode()).hexdigest()[:8]
-
-
-def write_results(workdir, runs, names, group_of, summaries, metric):
-  """``sweep_results.jsonl``, ``sweep_summary.json`` and the summary plot."""
-  results = [{'run': n, 'group': group_of[i], 'overrides': o, 'final': summaries[i]}
-             for i, (n, o) in enumerate(zip(names, runs))]
-  with open(os.path.join(workdir, 'sweep_results.jsonl'), 'w') as f:
-    for r in results:
-      f.write(json.dumps(r) + '\n')
-  table = summarize(results, metric)
-  with open(os.path.join(workdir, 'sweep_summary.json'), 'w') as f:
-    json.dump({'metric': metric, 'settings': table}, f, indent=2)
-  if table:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    labels = list(table)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.6))
-    means = [table[k]['mean'] for k in labels]
-    err = [[table[k]['mean'] - table[k]['min'] for k in labels],
-           [table[k]['max'] - table[k]['mean'] for k in labels]]
-    ax.bar(range(len(labels)), means, yerr=err, capsize=4, color='#4c72b0')
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=30, ha='right', fontsize=8)
-    ax.set_ylabel(f'final {metric}')
-    ax.set_title(f'mean over seeds, bars: min-max (n = {table[labels[0]]["n"]})', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, 'sweep_summary.png'), dpi=120)
-    plt.close(fig)
-  return results, table
 
 
 def main(argv):

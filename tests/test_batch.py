@@ -10,7 +10,6 @@ import numpy as np
 
 from fl_jax.simulation import batch as batch_lib
 from fl_jax.simulation import train as train_lib
-from launch import sweep as sweep_launch
 from launch import sweep_lib
 from launch.configs import mnist_fedavg
 
@@ -207,7 +206,7 @@ class SweepLaunchTest(absltest.TestCase):
     runs = sweep_lib.product(aggregator=['mean', 'median'], seed=[0, 1])
     base = mnist_fedavg.get_config('smoke')
     base.rounds, base.eval_every = 2, 2
-    configs, names, groups = sweep_launch.plan(base, runs)
+    configs, names, groups = sweep_lib.plan(base, runs)
     self.assertEqual(groups, [[0, 1], [2, 3]])
     summaries = [None] * 4
     for g, idx in enumerate(groups):
@@ -217,7 +216,7 @@ class SweepLaunchTest(absltest.TestCase):
       for i, s in zip(idx, out):
         summaries[i] = s
     group_of = {i: g for g, idx in enumerate(groups) for i in idx}
-    results, table = sweep_launch.write_results(workdir, runs, names, group_of, summaries,
+    results, table = sweep_lib.write_results(workdir, runs, names, group_of, summaries,
                                                 'test_accuracy')
     self.assertEqual(list(table), ['aggregator=mean', 'aggregator=median'])
     lines = read(os.path.join(workdir, 'sweep_results.jsonl'))
