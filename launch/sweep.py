@@ -35,7 +35,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from launch.sweep_lib import group_dirname, load_sweep, plan, write_results
+from launch.sweep_lib import load_sweep, run_sweep
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'mnist_fedavg.py')
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Base config.')
@@ -56,37 +56,12 @@ def main(argv):
   if not _SWEEP.value:
     raise app.UsageError('--sweep is required')
   runs = load_sweep(_SWEEP.value)
-  configs, names, groups = plan(_CONFIG.value, runs)
-  from fl_jax.simulation import batch  # pylint: disable=g-import-not-at-top
-  from fl_jax.simulation import train  # pylint: disable=g-import-not-at-top
-  group_of = {}
-  for g, idx in enumerate(groups):
-    for i in idx:
-      group_of[i] = g
-    traced = [k for k in batch.varying_keys([configs[i] for i in idx]) if k in batch.TRACED_KEYS]
-    print(f'group {g}: {len(idx)} run(s) in one program'
-          + (f', traced per run: {", ".join(traced)}' if traced else ''), flush=True)
-    for i in idx:
-      print(f'  {names[i]}', flush=True)
-  if _DRY_RUN.value:
+  _, _, _, table = run_sweep(_CONFIG.value, runs, _WORKDIR.value, vectorize=_VECTORIZE.value,
+                             resume=_RESUME.value, block_evals=_BLOCK_EVALS.value,
+                             metric=_METRIC.value, dry_run=_DRY_RUN.value,
+                             log=lambda m: print(m, flush=True))
+  if table is None:
     return
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  workdirs = [os.path.join(_WORKDIR.value, n) for n in names]
-  summaries = [None] * len(configs)
-  for g, idx in enumerate(groups):
-    if _VECTORIZE.value:
-      out = batch.run_batch([configs[i] for i in idx], [workdirs[i] for i in idx],
-                            batch_dir=os.path.join(_WORKDIR.value, '_batches',
-                                                   group_dirname(g, [names[i] for i in idx])),
-                            resume=_RESUME.value, evals_per_block=_BLOCK_EVALS.value,
-                            name=f'group {g}')
-      for i, s in zip(idx, out):
-        summaries[i] = s
-    else:
-      for i in idx:
-        print(f'== {workdirs[i]}', flush=True)
-        summaries[i] = train.train(configs[i], workdirs[i], resume=_RESUME.value)
-  _, table = write_results(_WORKDIR.value, runs, names, group_of, summaries, _METRIC.value)
   for name, row in table.items():
     print(f'{name or "base"}: {_METRIC.value} {row["mean"]:.4f} '
           f'(min {row["min"]:.4f}, max {row["max"]:.4f}, n={row["n"]})', flush=True)

@@ -133,3 +133,51 @@ def write_results(workdir, runs, names, group_of, summaries, metric):
     fig.savefig(os.path.join(workdir, 'sweep_summary.png'), dpi=120)
     plt.close(fig)
   return results, table
+
+
+def run_sweep(base, runs, workdir, *, vectorize: bool = True, resume: bool = False,
+              block_evals: int = 4, metric: str = 'test_accuracy', dry_run: bool = False,
+              log=print):
+  """Runs the override dicts ``runs`` on the config ``base``; writes the results.
+
+  Runs that share a program (:func:`fl_jax.simulation.batch.group_runs`) run as
+  one vectorized batch (``vectorize``), else one after another with
+  ``train.train``. Each run writes to ``workdir/<run name>``; then
+  :func:`write_results`.
+
+  Returns:
+    ``(names, workdirs, summaries, table)``; the last two are None with
+    ``dry_run`` (which only prints the groups).
+  """
+  from fl_jax.simulation import batch  # pylint: disable=g-import-not-at-top
+  from fl_jax.simulation import train  # pylint: disable=g-import-not-at-top
+  configs, names, groups = plan(base, runs)
+  group_of = {}
+  for g, idx in enumerate(groups):
+    for i in idx:
+      group_of[i] = g
+    traced = [k for k in batch.varying_keys([configs[i] for i in idx])
+              if k in batch.TRACED_KEYS]
+    log(f'group {g}: {len(idx)} run(s) in one program'
+        + (f', traced per run: {", ".join(traced)}' if traced else ''))
+    for i in idx:
+      log(f'  {names[i]}')
+  workdirs = [os.path.join(workdir, n) for n in names]
+  if dry_run:
+    return names, workdirs, None, None
+  os.makedirs(workdir, exist_ok=True)
+  summaries = [None] * len(configs)
+  for g, idx in enumerate(groups):
+    if vectorize:
+      out = batch.run_batch([configs[i] for i in idx], [workdirs[i] for i in idx],
+                            batch_dir=os.path.join(workdir, '_batches',
+                                                   group_dirname(g, [names[i] for i in idx])),
+                            resume=resume, evals_per_block=block_evals, name=f'group {g}')
+      for i, s in zip(idx, out):
+        summaries[i] = s
+    else:
+      for i in idx:
+        log(f'== {workdirs[i]}')
+        summaries[i] = train.train(configs[i], workdirs[i], resume=resume)
+  _, table = write_results(workdir, runs, names, group_of, summaries, metric)
+  return names, workdirs, summaries, table

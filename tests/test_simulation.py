@@ -197,8 +197,8 @@ class TrainDriverTest(absltest.TestCase):
       for a, b in zip(jax.tree.leaves(p_init), jax.tree.leaves(p_full), strict=True):
         np.testing.assert_array_equal(a, b)
       self.assertEqual(init_cfg['checkpoint_round'], 4)
-      with self.assertRaisesRegex(ValueError, f"holds a {cfg['model']} on mnist, expected "
-                                              'mnist_cnn on mnist'):
+      with self.assertRaisesRegex(ValueError, f"holds .*'{cfg['model']}', 1.0, 'mnist'.* expected "
+                                              ".*'mnist_cnn', 1.0, 'mnist'"):
         train_lib.load_init_checkpoint({**warm, 'model': 'mnist_cnn'})
       # An unfinished run (checkpoint at round 2 of 4) is refused as a start.
       shutil.copytree(part, os.path.join(d, 'cut'))

@@ -33,12 +33,14 @@ from fl_jax import tree_math
 from fl_jax.attacks import projection
 from fl_jax.attacks.compose import Craft
 from fl_jax.client.update import ClientBatch
+from fl_jax.types import is_traced
 
 
 def _check_schedule(name, delta0, decay):
-  if not (np.isfinite(delta0) and delta0 > 0):
+  """Checks ``delta0 > 0`` and ``decay`` in ``(0, 1]``; traced values pass."""
+  if not is_traced(delta0) and not (np.isfinite(delta0) and delta0 > 0):
     raise ValueError(f'{name} must be a finite number > 0, got {delta0!r}')
-  if not (np.isfinite(decay) and 0 < decay <= 1):
+  if not is_traced(decay) and not (np.isfinite(decay) and 0 < decay <= 1):
     raise ValueError(f'decay must be in (0, 1], got {decay!r}')
 
 

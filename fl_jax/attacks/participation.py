@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fl_jax.types import Array, PRNGKey
+from fl_jax.types import Array, PRNGKey, is_traced
 
 
 class Participation(NamedTuple):
@@ -55,6 +55,8 @@ class Participation(NamedTuple):
 
 
 def _check_int(name, value, minimum):
+  if is_traced(value) and jnp.issubdtype(value.dtype, jnp.integer):
+    return  # a per-run setting of a vectorized sweep, checked on the host
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise ValueError(f'{name} must be an int, got {value!r}')
   if value < minimum:

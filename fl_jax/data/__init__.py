@@ -16,3 +16,11 @@ from fl_jax.data.sources import Dataset
 from fl_jax.data.sources import dataset_info
 from fl_jax.data.sources import load_dataset
 from fl_jax.data.splits import holdout_split
+from fl_jax.data.edge_sets import EDGE_SOURCE_NAMES
+from fl_jax.data.edge_sets import EdgeSource
+from fl_jax.data.edge_sets import honest_edge_split
+from fl_jax.data.edge_sets import load_ardis
+from fl_jax.data.edge_sets import load_edge_source
+from fl_jax.data.edge_sets import load_uci_digits
+from fl_jax.data.edge_sets import mnist_style
+from fl_jax.data.edge_sets import spread_over_clients

@@ -63,20 +63,31 @@ class CifarCNN(nnx.Module):
     return self.fcs[-1](self.features(x))
 
 
+def _scaled(width: float, *channels: int):
+  """Channel counts times the width multiplier ``k``, at least 1 each."""
+  if not width > 0:
+    raise ValueError(f'width must be > 0, got {width!r}')
+  return tuple(max(1, int(round(c * width))) for c in channels)
+
+
 class LeNet5(nnx.Module):
   """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling.
 
   ``Conv 6x5x5 (pad 2) -> pool -> Conv 16x5x5 -> pool -> FC 120 -> FC 84 ->
-  FC classes``.
+  FC classes``; ``width = k`` multiplies every hidden width (the edge-case
+  paper's capacity study, Figure 10: k = 0.5 thin, 2 wide). 62k parameters
+  at k = 1.
   """
 
-  def __init__(self, input_shape, num_classes, *, impl=None, rngs: nnx.Rngs):
+  def __init__(self, input_shape, num_classes, *, width: float = 1.0, impl=None,
+               rngs: nnx.Rngs):
     h, w, c = input_shape
-    self.conv1 = Conv(c, 6, 5, 1, 2, impl=impl, rngs=rngs)
-    self.conv2 = Conv(6, 16, 5, 1, 0, impl=impl, rngs=rngs)
+    c1, c2, f1, f2 = _scaled(width, 6, 16, 120, 84)
+    self.conv1 = Conv(c, c1, 5, 1, 2, impl=impl, rngs=rngs)
+    self.conv2 = Conv(c1, c2, 5, 1, 0, impl=impl, rngs=rngs)
     h = conv_out(conv_out(h, 5, 1, 2) // 2, 5, 1, 0) // 2
     w = conv_out(conv_out(w, 5, 1, 2) // 2, 5, 1, 0) // 2
-    self.fcs = dense_stack([h * w * 16, 120, 84, num_classes], rngs=rngs)
+    self.fcs = dense_stack([h * w * c2, f1, f2, num_classes], rngs=rngs)
 
   def features(self, x):
     x = max_pool(jax.nn.relu(self.conv1(x)))
@@ -88,6 +99,34 @@ class LeNet5(nnx.Module):
 
   def __call__(self, x):
     return self.fcs[-1](self.features(x))
+
+
+class LeNet(nnx.Module):
+  """The PyTorch MNIST example network, the edge-case paper's Task-2 "LeNet".
+
+  ``Conv 32x3x3 -> ReLU -> Conv 64x3x3 -> ReLU -> pool -> FC 128 -> ReLU ->
+  FC classes`` (VALID convs: 28 -> 26 -> 24 -> 12, so FC 1 sees 9216
+  features; 1.2M parameters at ``width = 1``). The example's two dropout
+  layers are left out: client training here is deterministic given its key.
+  """
+
+  def __init__(self, input_shape, num_classes, *, width: float = 1.0, impl=None,
+               rngs: nnx.Rngs):
+    h, w, c = input_shape
+    c1, c2, f1 = _scaled(width, 32, 64, 128)
+    self.conv1 = Conv(c, c1, 3, 1, 0, impl=impl, rngs=rngs)
+    self.conv2 = Conv(c1, c2, 3, 1, 0, impl=impl, rngs=rngs)
+    h, w = (conv_out(conv_out(s, 3, 1, 0), 3, 1, 0) // 2 for s in (h, w))
+    self.fc1 = Dense(h * w * c2, f1, rngs=rngs)
+    self.fc2 = Dense(f1, num_classes, rngs=rngs)
+
+  def features(self, x):
+    x = jax.nn.relu(self.conv1(x))
+    x = max_pool(jax.nn.relu(self.conv2(x)))
+    return jax.nn.relu(self.fc1(flatten(x)))
+
+  def __call__(self, x):
+    return self.fc2(self.features(x))
 
 
 class VGG9(nnx.Module):
@@ -122,15 +161,18 @@ class VGG9(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """A small fully connected ReLU network (for tests and quick runs)."""
+  """A small fully connected ReLU network (for tests and quick runs).
 
-  def __init__(self, input_shape, num_classes, *, hidden=(100,), impl=None,
-               rngs: nnx.Rngs):
+  ``hidden`` widths (default one layer of 100), each times ``width``.
+  """
+
+  def __init__(self, input_shape, num_classes, *, hidden=(100,), width: float = 1.0,
+               impl=None, rngs: nnx.Rngs):
     del impl
     size = 1
     for s in input_shape:
       size *= s
-    self.fcs = dense_stack([size, *hidden, num_classes], rngs=rngs)
+    self.fcs = dense_stack([size, *_scaled(width, *hidden), num_classes], rngs=rngs)
 
   def features(self, x):
     x = flatten(x)
@@ -146,6 +188,7 @@ MODELS = {
     'mnist_cnn': MnistCNN,
     'cifar_cnn': CifarCNN,
     'lenet5': LeNet5,
+    'lenet': LeNet,
     'vgg9': VGG9,
     'mlp': MLP,
 }

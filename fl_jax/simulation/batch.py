@@ -62,10 +62,16 @@ TRACED_KEYS = {
     'defender_loss_tol': jnp.float32,
     'defender_loss_atol': jnp.float32,
     'defender_acc_atol': jnp.float32,
+    # The edge-case attacks' strengths and schedule.
+    'pgd_delta': jnp.float32,
+    'replacement_delta': jnp.float32,
+    'replacement_send_delta': jnp.float32,
+    'delta_decay': jnp.float32,
+    'attack_frequency': jnp.int32,
 }
 # Traced keys whose zero switches a stage off: on / off is static.
-SWITCH_KEYS = ('norm_bound', 'dp_sigma')
-# Keys of the client partition: runs that differ in one get their own data.
+SWITCH_KEYS = ('norm_bound', 'dp_sigma', 'replacement_send_delta')
+# Keys of the client data: runs that differ in one get their own data.
 DATA_KEYS = ('data_seed', 'dirichlet_alpha', 'min_client_size')
 BATCH_CHECKPOINT = 'batch_checkpoint.npz'
 
@@ -157,6 +163,8 @@ class Batch(NamedTuple):
     cert: the certification set (shared).
     val: the validation set (shared).
     init_params: parameters to start from (``init_checkpoint``) or ``None``.
+    target: the edge-case evaluation sets (``train.target_task``), shared or
+      stacked like the client data, or ``None``.
   """
   configs: list
   static: dict
@@ -171,6 +179,7 @@ class Batch(NamedTuple):
   cert: Any
   val: Any
   init_params: Any
+  target: Any = None
 
 
 def build_batch(configs: Sequence[Any]) -> Batch:
@@ -200,9 +209,12 @@ def build_batch(configs: Sequence[Any]) -> Batch:
   model = train_lib.build_model(static, d0.input_shape, d0.num_classes)
   for cfg in configs:  # concrete checks of every run's values
     train_lib.build_round(cfg, model, d0.cert, d0.val, jit=False)
-  attack_datas = [train_lib.build_attack(c, model, d.clients, d.cert)[1]
-                  for c, d in zip(configs, datas)]
+  attack_datas = [train_lib.build_attack(c, model, d)[1]
+                  for c, d in zip(configs if per_run else configs[:1], datas)]
+  target = train_lib.target_task(d0)
   if per_run:
+    if target is not None:  # same shapes: the edge keys are static
+      target = _stack([train_lib.target_task(d) for d in datas])
     width = max(d.clients.x.shape[1] for d in datas)
     clients = _stack([_pad_clients(d.clients, width) for d in datas])
     attack_data = None
@@ -216,7 +228,7 @@ def build_batch(configs: Sequence[Any]) -> Batch:
   if static['init_checkpoint']:
     init_params, _ = train_lib.load_init_checkpoint(static)
   return Batch(configs, static, traced, settings, model, clients, 0 if per_run else None,
-               attack_data, defender_data, d0.test, d0.cert, d0.val, init_params)
+               attack_data, defender_data, d0.test, d0.cert, d0.val, init_params, target)
 
 
 def _run_config(batch: Batch, settings: Mapping[str, Any]) -> dict:
@@ -245,7 +257,7 @@ def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
 
   Returns:
     ``block(state[R], settings[R], clients, attack_data, defender_data,
-    test_x, test_y) -> (state[R], rounds, evals)``, jitted with the state
+    test_x, test_y, target=None) -> (state[R], rounds, evals)``, jitted with the state
     donated. ``rounds`` is a dict of ``[R, S, E, ...]`` per-round figures
     (:func:`fl_jax.simulation.train.round_record` plus ``update_norm_mean``
     and ``done``, False for rounds past ``cfg['rounds']``, which leave the
@@ -256,7 +268,7 @@ def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
   total, every = cfg0['rounds'], cfg0['eval_every']
   traces = [0]
 
-  def one_run(state, settings, clients, attack_data, defender_data, test_x, test_y):
+  def one_run(state, settings, clients, attack_data, defender_data, test_x, test_y, target):
     cfg = _run_config(batch, settings)
     parts = train_lib.build_round(cfg, batch.model, batch.cert, batch.val, jit=False)
 
@@ -271,18 +283,18 @@ def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
     def segment(state, _):
       state, recs = jax.lax.scan(round_step, state, None, length=every)
       ev = train_lib.evaluate_arrays(cfg, batch.model, state.params, state.round,
-                                     test_x, test_y, parts.trigger)
+                                     test_x, test_y, parts.trigger, target, clients)
       return state, (recs, ev)
 
     state, (recs, evals) = jax.lax.scan(segment, state, None, length=evals_per_block)
     return state, recs, evals
 
-  def block(state, settings, clients, attack_data, defender_data, test_x, test_y):
+  def block(state, settings, clients, attack_data, defender_data, test_x, test_y,
+            target=None):
     traces[0] += 1
-    axes = (0, 0, batch.data_axis, batch.data_axis, None, None, None)
+    axes = (0, 0, batch.data_axis, batch.data_axis, None, None, None, batch.data_axis)
     return jax.vmap(one_run, in_axes=axes, axis_size=len(batch.configs))(
-        state, settings, clients, attack_data,
-                                           defender_data, test_x, test_y)
+        state, settings, clients, attack_data, defender_data, test_x, test_y, target)
 
   fn = jax.jit(block, donate_argnums=0)
 
@@ -366,14 +378,14 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
   block = make_block_fn(batch, evals_per_block=spb)
   clients = jax.device_put(batch.clients)
   attack_data = jax.device_put(batch.attack_data)
-  test_x, test_y = jax.device_put((batch.test.x, batch.test.y))
+  test_x, test_y, target = jax.device_put((batch.test.x, batch.test.y, batch.target))
   last = [None] * num
   t_loop = time.time()
   while int(np.asarray(state.round)[0]) < total:
     r0 = int(np.asarray(state.round)[0])
     t0 = time.time()
     state, recs, evals = block(state, settings, clients, attack_data, defender_data,
-                               test_x, test_y)
+                               test_x, test_y, target)
     recs, evals = jax.device_get((recs, evals))
     now = time.time()
     r1 = int(np.asarray(state.round)[0])

@@ -33,6 +33,7 @@ from fl_jax import metrics as metrics_lib
 from fl_jax import models as models_lib
 from fl_jax.metrics.writer import JsonlWriter, to_jsonable
 from fl_jax.simulation import checkpoint as ckpt_lib
+from fl_jax.simulation import edge_task as edge_lib
 from fl_jax.simulation.round import init_server_state, make_round_fn
 from fl_jax.types import is_traced
 
@@ -45,6 +46,14 @@ REQUIRED_KEYS = (
     'adv_step_size', 'adv_fraction', 'aggregator', 'norm_bound', 'dp_sigma',
     'eval_every', 'eval_pgd_eps', 'eval_pgd_steps', 'eval_pgd_restarts',
     'eval_pgd_points', 'checkpoint_every', 'init_checkpoint')
+# Keys of the edge-case attacks ('edge_blackbox', 'edge_pgd', 'edge_replacement').
+EDGE_KEYS = (
+    'num_malicious', 'malicious_seed', 'attack_schedule', 'attack_frequency',
+    'attack_start_round', 'attack_min_malicious', 'attack_epochs', 'edge_source',
+    'edge_dir', 'edge_digit', 'edge_target', 'edge_num_train', 'edge_num_clean',
+    'edge_num_test', 'edge_attacker_share', 'pgd_delta', 'replacement_delta',
+    'replacement_send_delta', 'delta_decay', 'project_every', 'edge_honest_clients')
+ATTACK_SCHEDULES = ('fixed_pool', 'fixed_frequency')
 
 CHECKPOINT = 'checkpoint.npz'
 
@@ -77,6 +86,15 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
   if cfg['dataset'] not in data_lib.DATASET_NAMES:
     raise ValueError(f"unknown dataset {cfg['dataset']!r}; expected one of "
                      f'{sorted(data_lib.DATASET_NAMES)}')
+  if edge_lib.has_edge_task(cfg):
+    missing = [k for k in EDGE_KEYS if k not in cfg]
+    if missing:
+      raise ValueError(f"attack {cfg['attack']!r} needs the config keys {missing} "
+                       '(see launch/configs/edge_case.py)')
+    edge_lib.check_edge_config(cfg)
+  if cfg.get('attack') and cfg.get('attack_schedule', 'fixed_pool') not in ATTACK_SCHEDULES:
+    raise ValueError(f"unknown attack_schedule {cfg['attack_schedule']!r}; expected one "
+                     f'of {ATTACK_SCHEDULES}')
 
 
 class Experiment(NamedTuple):
@@ -96,6 +114,7 @@ class Experiment(NamedTuple):
   defender: Any = None          # defender.Defender or None
   defender_data: Any = None     # defender.DefenderData or None
   trigger: Any = None           # the backdoor trigger [H, W, C] or None
+  target: Any = None            # (x, y) of the edge-case target task or None
 
 
 def build_craft(cfg, model, cert=None):
@@ -106,6 +125,8 @@ def build_craft(cfg, model, cert=None):
   """
   from fl_jax import attacks  # pylint: disable=g-import-not-at-top
   name = cfg['attack']
+  if edge_lib.is_edge_attack(cfg):
+    return build_edge_craft(cfg, model), None
   hp = client_lib.LocalSGD(cfg['attack_epochs'], cfg['attack_batch_size'], cfg['attack_lr'],
                            1.0, cfg['momentum'], cfg['weight_decay'])
   if name == 'backdoor':
@@ -138,28 +159,77 @@ def build_craft(cfg, model, cert=None):
         model.apply, objective, temperature=cfg['distill_temperature'],
         teacher_hp=dhp, student_hp=dhp, refine_hp=rhp,
         weight=cfg.get('adaptive_weight', 1.0), match_global=(mode == 'match')), None
-  raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor', 'distillation' "
-                   "or 'adaptive'")
+  raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor', 'distillation', "
+                   f"'adaptive' or one of {edge_lib.EDGE_ATTACKS}")
+
+
+def build_client_update(cfg, model):
+  """The honest clients' local training of ``cfg``."""
+  hp = client_lib.LocalSGD(cfg['local_epochs'], cfg['batch_size'], cfg['lr'],
+                           cfg['lr_decay'], cfg['momentum'], cfg['weight_decay'])
+  return client_lib.make_client_update(build_loss(cfg, model.apply), hp)
+
+
+def build_edge_craft(cfg, model):
+  """The edge-case paper's attack of ``cfg`` (Section 2 (a)-(c)).
+
+  ``edge_blackbox`` trains on ``D'`` exactly like an honest client;
+  ``edge_pgd`` trains ``attack_epochs`` epochs with the honest learning-rate
+  schedule, projected every ``project_every`` steps onto the l2 ball of radius
+  ``pgd_delta * delta_decay**t``; ``edge_replacement`` trains in the ball of
+  ``replacement_delta``, boosts by ``n_S / n_M`` and projects the boosted
+  update onto ``replacement_send_delta`` (0: sends it unprojected).
+  """
+  from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+  name = cfg['attack']
+  if name == 'edge_blackbox':
+    return attacks.blackbox_craft(build_client_update(cfg, model))
+  hp = client_lib.LocalSGD(cfg['attack_epochs'], cfg['batch_size'], cfg['lr'],
+                           cfg['lr_decay'], cfg['momentum'], cfg['weight_decay'])
+  trainer = attacks.make_local_trainer(adversarial.standard_loss(model.apply), hp,
+                                       project_every=cfg['project_every'] or None)
+  if name == 'edge_pgd':
+    return attacks.pgd_craft(trainer, delta0=cfg['pgd_delta'], decay=cfg['delta_decay'])
+  send = cfg['replacement_send_delta']
+  if not is_traced(send) and not send:
+    send = None
+  return attacks.replacement_craft(trainer, delta0=cfg['replacement_delta'],
+                                   decay=cfg['delta_decay'], send_delta0=send)
+
+
+def malicious_mask(cfg) -> np.ndarray:
+  """bool ``[K]``: the config's ``num_malicious`` clients drawn with ``malicious_seed``."""
+  from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+  return attacks.malicious_pool(cfg['num_clients'], cfg['num_malicious'],
+                                cfg['malicious_seed'])
 
 
 def attacker_pool(cfg, clients):
   """``(is_malicious[K], pooled AttackerData)`` of the config's malicious pool."""
   from fl_jax import attacks  # pylint: disable=g-import-not-at-top
-  is_mal = attacks.malicious_pool(cfg['num_clients'], cfg['num_malicious'],
-                                  cfg['malicious_seed'])
+  is_mal = malicious_mask(cfg)
   mask = np.asarray(clients.mask)[is_mal]
   data = attacks.attacker_data(np.asarray(clients.x)[is_mal][mask],
                                np.asarray(clients.y)[is_mal][mask])
   return is_mal, data
 
 
-def build_attack(cfg, model, clients, cert=None):
-  """``(Attack, attack_data, is_malicious, trigger)`` of the config, or Nones."""
+def build_attack(cfg, model, data: 'ExperimentData'):
+  """``(Attack, attack_data, is_malicious, trigger)`` of the config, or Nones.
+
+  The attacker's data is the malicious clients' pooled data, or ``D'`` of the
+  edge-case task.
+  """
   if not cfg.get('attack'):
     return None, None, None, None
-  is_mal, data = attacker_pool(cfg, clients)
-  attack, trigger = build_attack_fn(cfg, model, is_mal, cert)
-  return attack, data, is_mal, trigger
+  if data.edge is not None:
+    from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+    is_mal = malicious_mask(cfg)
+    adata = attacks.attacker_data(data.edge.attack_x, data.edge.attack_y)
+  else:
+    is_mal, adata = attacker_pool(cfg, data.clients)
+  attack, trigger = build_attack_fn(cfg, model, is_mal, data.cert)
+  return attack, adata, is_mal, trigger
 
 
 def build_attack_fn(cfg, model, is_malicious, cert=None):
@@ -171,11 +241,21 @@ def build_attack_fn(cfg, model, is_malicious, cert=None):
   if not cfg.get('attack'):
     return None, None
   from fl_jax import attacks  # pylint: disable=g-import-not-at-top
-  part = attacks.fixed_pool(cfg['num_clients'], cfg['num_malicious'], cfg['malicious_seed'],
-                            start_round=cfg['attack_start_round'],
-                            min_malicious=cfg['attack_min_malicious'], is_malicious=is_malicious)
+  if cfg.get('attack_schedule', 'fixed_pool') == 'fixed_frequency':
+    part = attacks.fixed_frequency(
+        cfg['num_clients'], cfg['clients_per_round'], cfg['attack_frequency'],
+        attacker_ids=tuple(int(i) for i in np.flatnonzero(is_malicious)),
+        offset=cfg['attack_frequency'] - 1, start_round=cfg['attack_start_round'])
+  else:
+    part = attacks.fixed_pool(cfg['num_clients'], cfg['num_malicious'], cfg['malicious_seed'],
+                              start_round=cfg['attack_start_round'],
+                              min_malicious=cfg['attack_min_malicious'],
+                              is_malicious=is_malicious)
   craft, trigger = build_craft(cfg, model, cert)
-  return attacks.make_attack(part, craft), trigger
+  weight = None
+  if edge_lib.is_edge_attack(cfg):  # the attacker reports the size of D'
+    weight = float(cfg['edge_num_train'] + cfg['edge_num_clean'])
+  return attacks.make_attack(part, craft, reported_weight=weight), trigger
 
 
 DEFENDER_CHECKS = ('clean', 'pgd', 'cert_acc', 'cert_loss')
@@ -254,6 +334,7 @@ class ExperimentData(NamedTuple):
   val: data_lib.Dataset
   input_shape: tuple
   num_classes: int
+  edge: Optional[edge_lib.EdgeTask] = None
 
 
 def load_data(cfg: Mapping[str, Any]) -> ExperimentData:
@@ -273,17 +354,43 @@ def partition_data(cfg: Mapping[str, Any], train_ds, test_ds) -> ExperimentData:
       raise ValueError(f'client_pool_size {n} exceeds the {rest.x.shape[0]} '
                        'training points left after the held-out sets')
     rest = rest._replace(x=rest.x[:n], y=rest.y[:n])
+  edge = None
+  if edge_lib.has_edge_task(cfg):
+    edge = edge_lib.build_edge_task(cfg, rest, test_ds)
+    rest = edge.pool
   clients = data_lib.make_federated(
       rest, cfg['num_clients'], partition=cfg['partition'],
       alpha=cfg['dirichlet_alpha'], seed=cfg['data_seed'],
       min_size=cfg['min_client_size'])
+  if edge is not None and edge.honest_y.size:
+    honest = np.flatnonzero(~malicious_mask(cfg))
+    k = cfg['edge_honest_clients']
+    if not isinstance(k, int) or not 0 <= k <= honest.size:
+      raise ValueError(f'edge_honest_clients must be in [0, {honest.size}] (0: all honest '
+                       f'clients), got {k!r}')
+    if k:  # only the first k honest clients in a seeded order hold them
+      honest = np.random.default_rng([cfg['data_seed'], 104729]).permutation(honest)[:k]
+    clients, owner = edge_lib.add_to_clients(clients, edge.honest_x, edge.honest_y, honest,
+                                             seed=cfg['data_seed'])
+    edge = edge._replace(honest_clients=owner)
   return ExperimentData(clients, test_ds, cert, val, tuple(train_ds.x.shape[1:]),
-                        train_ds.num_classes)
+                        train_ds.num_classes, edge)
 
 
 def build_model(cfg: Mapping[str, Any], input_shape, num_classes) -> models_lib.Model:
+  """The model of ``cfg``; ``model_width`` (if not 1) scales its hidden widths."""
+  kwargs = {}
+  width = cfg.get('model_width', 1.0)
+  if width != 1.0:
+    if cfg['model'] not in WIDTH_MODELS:
+      raise ValueError(f"model_width={width!r} needs a model with a width multiplier "
+                       f"({WIDTH_MODELS}), got model {cfg['model']!r}")
+    kwargs['width'] = float(width)
   return models_lib.get_model(cfg['model'], input_shape, num_classes,
-                              conv_impl=cfg['conv_impl'] or None)
+                              conv_impl=cfg['conv_impl'] or None, **kwargs)
+
+
+WIDTH_MODELS = ('lenet5', 'lenet', 'mlp')
 
 
 class RoundParts(NamedTuple):
@@ -305,16 +412,11 @@ def build_round(cfg: Mapping[str, Any], model: models_lib.Model, cert, val, *,
   run's settings, so that the round is the same function whether it runs
   alone or as one of ``R`` vmapped runs.
   """
-  hp = client_lib.LocalSGD(cfg['local_epochs'], cfg['batch_size'], cfg['lr'],
-                           cfg['lr_decay'], cfg['momentum'], cfg['weight_decay'])
-  client_update = client_lib.make_client_update(build_loss(cfg, model.apply), hp)
+  client_update = build_client_update(cfg, model)
   aggregator = build_aggregator(cfg)
   attack, trigger = None, None
   if cfg.get('attack'):
-    from fl_jax import attacks  # pylint: disable=g-import-not-at-top
-    is_mal = attacks.malicious_pool(cfg['num_clients'], cfg['num_malicious'],
-                                    cfg['malicious_seed'])
-    attack, trigger = build_attack_fn(cfg, model, is_mal, cert)
+    attack, trigger = build_attack_fn(cfg, model, malicious_mask(cfg), cert)
   defender, _ = build_defender(cfg, model, cert, val)
   round_fn = make_round_fn(
       client_update, aggregator, num_clients=cfg['num_clients'],
@@ -330,18 +432,41 @@ def build_experiment(config) -> Experiment:
   data = load_data(cfg)
   model = build_model(cfg, data.input_shape, data.num_classes)
   parts = build_round(cfg, model, data.cert, data.val)
-  _, attack_data, is_malicious, _ = build_attack(cfg, model, data.clients, data.cert)
+  _, attack_data, is_malicious, _ = build_attack(cfg, model, data)
   _, defender_data = build_defender(cfg, model, data.cert, data.val)
   return Experiment(cfg, model, data.clients, data.test, data.cert, data.val,
                     parts.client_update, parts.aggregator, parts.round_fn, parts.attack,
-                    attack_data, is_malicious, parts.defender, defender_data, parts.trigger)
+                    attack_data, is_malicious, parts.defender, defender_data, parts.trigger,
+                    target_task(data))
+
+
+def target_task(data: ExperimentData):
+  """The edge-case evaluation sets of the data (a dict of arrays), or ``None``.
+
+  ``target_x`` / ``target_y``: the target task (edge test inputs, attacker's
+  label); ``honest_x`` / ``honest_y``: the edge examples honest clients hold
+  with their true label, when there are any.
+  """
+  if data.edge is None:
+    return None
+  out = {'target_x': data.edge.target_x, 'target_y': data.edge.target_y}
+  if data.edge.honest_y.size:
+    out.update(honest_x=data.edge.honest_x, honest_y=data.edge.honest_y)
+  return out
 
 
 def evaluate_arrays(cfg: Mapping[str, Any], model: models_lib.Model, params, round_idx,
-                    test_x, test_y, trigger=None) -> dict:
+                    test_x, test_y, trigger=None, target=None, clients=None) -> dict:
   """Test-set metrics of ``params`` as float32 scalars (traceable, vmappable).
 
-  ``test_accuracy``; ``backdoor_success`` with a trigger; and
+  ``test_accuracy``; ``backdoor_success`` with a trigger;
+  ``target_accuracy`` (the edge-case backdoor's success: the share of the
+  target-task inputs classified as the attacker's label) and
+  ``honest_edge_accuracy`` (the edge examples honest clients hold, against
+  their true label) with ``target`` from :func:`target_task`; with
+  ``eval_ap_ratio`` and ``clients``, ``ap_ratio`` (the edge-case paper's
+  accuracy parity ``min_k p_k / max_k p_k`` over the honest clients' own
+  data) and ``client_accuracy_min``; and
   ``pgd_accuracy@eps`` (plus ``temp_pgd_accuracy@eps`` with
   ``eval_pgd_temperature``) for each ``eval_pgd_eps`` on the first
   ``eval_pgd_points`` test points, the random starts keyed by
@@ -353,6 +478,19 @@ def evaluate_arrays(cfg: Mapping[str, Any], model: models_lib.Model, params, rou
     from fl_jax import attacks  # pylint: disable=g-import-not-at-top
     out['backdoor_success'] = attacks.backdoor_success_rate(
         model.apply, params, test_x, test_y, trigger, cfg['backdoor_target'])
+  if target is not None:
+    out['target_accuracy'] = metrics_lib.accuracy(model.apply, params, target['target_x'],
+                                                  target['target_y'])
+    if 'honest_x' in target:
+      out['honest_edge_accuracy'] = metrics_lib.accuracy(model.apply, params,
+                                                         target['honest_x'], target['honest_y'])
+  if cfg.get('eval_ap_ratio') and clients is not None:
+    acc = metrics_lib.per_client_accuracy(model.apply, params, clients.x, clients.y,
+                                          clients.mask)
+    if cfg.get('attack'):  # the attackers' own partitions are not theirs to be fair to
+      acc = jnp.where(jnp.asarray(malicious_mask(cfg)), jnp.nan, acc)
+    out['ap_ratio'] = metrics_lib.ap_ratio(acc)
+    out['client_accuracy_min'] = jnp.nanmin(acc)
   if cfg['eval_pgd_eps']:
     n = min(cfg['eval_pgd_points'], test_x.shape[0])
     key = jax.random.fold_in(jax.random.key(cfg['seed'] + 1), round_idx)
@@ -370,7 +508,7 @@ def evaluate_arrays(cfg: Mapping[str, Any], model: models_lib.Model, params, rou
 def evaluate(exp: Experiment, params, round_idx: int) -> dict:
   """Test-set metrics of ``params`` as Python floats (see :func:`evaluate_arrays`)."""
   out = evaluate_arrays(exp.config, exp.model, params, round_idx, exp.test.x, exp.test.y,
-                        exp.trigger)
+                        exp.trigger, exp.target, exp.clients)
   return {k: float(v) for k, v in out.items()}
 
 
@@ -378,14 +516,24 @@ def round_record(rm, *, attack: bool, defender: bool) -> dict:
   """The per-round figures written to ``rounds.jsonl`` (arrays; traceable).
 
   ``client_ids``, mean ``train_loss``, ``aggregate_norm``, the attack's
-  ``active`` / ``num_malicious`` / ``crafted_norm`` and every figure and
-  verdict of the defender.
+  ``active`` / ``num_malicious`` / ``crafted_norm``, the median distance of
+  the honest updates to the global model, whether Krum / Multi-Krum selected
+  an attacker (``attack/selected``), and every figure and verdict of the
+  defender.
   """
   rec = {'client_ids': rm.client_ids, 'train_loss': jnp.mean(rm.train_loss),
          'aggregate_norm': rm.aggregate_norm}
   if attack:
     rec.update({f'attack/{k}': rm.attack[k] for k in ('active', 'num_malicious',
                                                        'crafted_norm')})
+    # How far the honest updates reach (the radius a stealthy attacker hides in).
+    honest = ~rm.attack['replaced']
+    d = jnp.where(honest, rm.attack['distances'], jnp.nan)
+    rec['attack/honest_distance_median'] = jnp.nanmedian(d)
+    from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+    if any(k in rm.diagnostics for k in attacks.SELECTION_KEYS):  # Krum / Multi-Krum
+      rec['attack/selected'] = attacks.attacker_selected(rm.diagnostics, rm.attack['replaced'])
+      rec['selected'] = attacks.selection_mask(rm.diagnostics)   # [m], per sampled client
   if defender:
     rec.update({f'defender/{k}': v for k, v in rm.defender.items()})
   return rec
@@ -502,10 +650,11 @@ def load_init_checkpoint(cfg: Mapping[str, Any]):
   from "the trained model" must not silently start from a partial one.
   """
   _, params, init_cfg = restore(cfg['init_checkpoint'])
-  if (init_cfg['model'], init_cfg['dataset']) != (cfg['model'], cfg['dataset']):
-    raise ValueError(f"init_checkpoint {cfg['init_checkpoint']!r} holds a "
-                     f"{init_cfg['model']} on {init_cfg['dataset']}, expected "
-                     f"{cfg['model']} on {cfg['dataset']}")
+  def what(c):
+    return (c['model'], c.get('model_width', 1.0), c['dataset'])
+  if what(init_cfg) != what(cfg):
+    raise ValueError(f"init_checkpoint {cfg['init_checkpoint']!r} holds (model, "
+                     f'model_width, dataset) = {what(init_cfg)}, expected {what(cfg)}')
   if init_cfg['checkpoint_round'] < init_cfg['rounds']:
     raise ValueError(f"init_checkpoint {cfg['init_checkpoint']!r} holds round "
                      f"{init_cfg['checkpoint_round']} of {init_cfg['rounds']}: that run is "
@@ -527,8 +676,7 @@ def restore(workdir: str):
   with open(cfg_path) as f:
     cfg = json.load(f)
   input_shape, num_classes = data_lib.dataset_info(cfg['dataset'])
-  model = models_lib.get_model(cfg['model'], input_shape, num_classes,
-                               conv_impl=cfg.get('conv_impl') or None)
+  model = build_model({'conv_impl': '', **cfg}, input_shape, num_classes)
   template = model.init(jax.random.key(0))
   state = ckpt_lib.load(os.path.join(workdir, CHECKPOINT),
                         (ServerStateTemplate(template, np.int32(0)), np.float64(0.0)))

@@ -110,6 +110,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_pgd_restarts = 1
   c.eval_pgd_points = 1000  # first N test points for PGD evaluation
   c.eval_pgd_temperature = 0.0  # > 0: also PGD crafted at this softmax temperature
+  c.eval_ap_ratio = False   # accuracy parity over the honest clients' own data
   c.checkpoint_every = 25
 
   if arg == 'smoke':
