@@ -42,6 +42,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from fl_jax.metrics.writer import to_jsonable
 from launch import figures_lib
 from launch import sweep_lib
 from launch.sweeps import edge_case as figures
@@ -70,9 +71,11 @@ def pretrain(base, overrides, workdir: str) -> str:
       'checkpoint_every': rounds, 'edge_attacker_share': 1.0, 'init_checkpoint': ''})
   out = os.path.join(workdir, '_pretrain', f"{model['model']}_w{model['model_width']:g}")
   summary = os.path.join(out, 'summary.json')
-  if os.path.exists(summary):
+  if os.path.exists(summary):  # reuse it if it was trained with this very config
+    with open(os.path.join(out, 'config.json')) as f:
+      same = json.load(f) == json.loads(json.dumps(to_jsonable(cfg.to_dict())))
     with open(summary) as f:
-      if json.load(f).get('rounds') == rounds:
+      if same and json.load(f).get('rounds') == rounds:
         return out
   _log(f'pre-training {model} for {rounds} honest FedAvg rounds -> {out}')
   s = train.train(cfg, out, resume=True, log=_log)
@@ -128,48 +131,54 @@ def run_figure(base, name: str, seeds: int, workdir: str, *, resume=False, vecto
 def selection_figure(fig_dir, labels, runs, workdirs, base):
   """Figure 7: how often Krum / Multi-Krum select each client (``selection.csv`` / png).
 
-  Marks the honest client holding the edge examples and the attacker.
+  Per run, the share of the rounds a client was sampled in that the rule
+  selected it; the csv has one row per (run, client) with its role (the
+  honest client holding the edge examples, the attacker, or another honest
+  client), the plot the mean rate per role over seeds.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from fl_jax import metrics  # pylint: disable=g-import-not-at-top
   from fl_jax.simulation import train  # pylint: disable=g-import-not-at-top
-  table = {}
+  roles = ('edge holder', 'attacker', 'other honest')
+  table, out = {}, []
   for label, o, w in zip(labels, runs, workdirs):
     rows = figures_lib.read_rounds(w)
     if not rows or 'selected' not in rows[0]:
       continue
+    cfg = sweep_lib.apply_overrides(base, o).to_dict()
+    holder = int(np.bincount(train.load_data(cfg).edge.honest_clients).argmax())
+    attacker = int(np.flatnonzero(train.malicious_mask(cfg))[0])
     ids = np.asarray([r['client_ids'] for r in rows])
     sel = np.asarray([r['selected'] for r in rows], bool)
-    k = o['num_clients']
-    count = np.asarray(metrics.selection_counts(sel, ids, k))
-    sampled = np.bincount(ids.ravel(), minlength=k)
-    table.setdefault(label, []).append(count / np.maximum(sampled, 1))
+    k = cfg['num_clients']
+    rate = np.asarray(metrics.selection_counts(sel, ids, k)) / np.maximum(
+        np.bincount(ids.ravel(), minlength=k), 1)
+    role = np.full(k, roles[2], object)
+    role[holder], role[attacker] = roles[0], roles[1]
+    out += [[label, o.get('seed', 0), c, float(rate[c]), role[c]] for c in range(k)]
+    table.setdefault(label, []).append([float(rate[holder]), float(rate[attacker]),
+                                        float(np.mean(rate[role == roles[2]]))])
   if not table:
     return
-  cfg = sweep_lib.apply_overrides(base, runs[0]).to_dict()
-  data = train.load_data(cfg)
-  holder = int(np.bincount(data.edge.honest_clients).argmax())
-  attacker = int(np.flatnonzero(train.malicious_mask(cfg))[0])
   with open(os.path.join(fig_dir, 'selection.csv'), 'w', newline='') as f:
     wr = csv.writer(f)
-    wr.writerow(['setting', 'client', 'selection_rate_mean', 'role'])
-    for label, rates in table.items():
-      mean = np.mean(rates, axis=0)
-      for c, v in enumerate(mean):
-        role = 'edge holder' if c == holder else 'attacker' if c == attacker else 'honest'
-        wr.writerow([label, c, float(v), role])
+    wr.writerow(['setting', 'seed', 'client', 'selection_rate', 'role'])
+    wr.writerows(out)
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 3.2), squeeze=False)
-  for ax, (label, rates) in zip(axes[0], table.items()):
-    mean = np.mean(rates, axis=0)
-    colours = ['#d62728' if c == attacker else '#2ca02c' if c == holder else '#4c72b0'
-               for c in range(mean.size)]
-    ax.bar(range(mean.size), mean, color=colours)
-    ax.set_title(label, fontsize=9)
-    ax.set_xlabel('client (green: holds edge 7s, red: attacker)', fontsize=8)
-    ax.set_ylabel('selected / sampled')
+  fig, ax = plt.subplots(figsize=(6.5, 3.4))
+  width = 0.8 / len(table)
+  for n, (label, vals) in enumerate(table.items()):
+    v = np.asarray(vals)
+    ax.bar(np.arange(3) + n * width, v.mean(0), width,
+           yerr=[v.mean(0) - v.min(0), v.max(0) - v.mean(0)], capsize=3, label=label)
+  ax.set_xticks(np.arange(3) + 0.4 - width / 2)
+  ax.set_xticklabels(roles)
+  ax.set_ylabel('selected / sampled')
+  ax.legend(fontsize=8)
+  ax.set_title(f'who the rule selects (mean over {v.shape[0]} seeds, bars: min-max)',
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(os.path.join(fig_dir, 'selection.png'), dpi=110)
   plt.close(fig)

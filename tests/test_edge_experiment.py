@@ -80,6 +80,14 @@ class EdgeTaskTest(absltest.TestCase):
     flat = np.asarray(d.clients.x)[np.asarray(d.clients.mask)].reshape(-1, 784)
     img = d.edge.attack_x[d.edge.attack_is_edge][0].reshape(784)
     self.assertFalse(np.any(np.all(flat == img, axis=1)))
+    # Only the chosen 7s leave the honest clients (20 for D'); the other 7s stay.
+    base = train_lib.load_data(smoke(edge_source='uci_digits'))
+    sevens = lambda c: int(np.sum((np.asarray(c.y) == 7) & np.asarray(c.mask)))
+    self.assertEqual(sevens(base.clients) - sevens(d.clients), 20)
+    with self.assertRaisesRegex(ValueError, 'edge_target=10 is not a class'):
+      train_lib.load_data(smoke(edge_target=10))
+    with self.assertRaisesRegex(ValueError, 'edge_num_test=500 exceeds'):
+      train_lib.load_data(smoke(edge_num_test=500))
 
   def test_add_to_clients_by_hand(self):
     c = data_lib.ClientData(np.zeros((3, 2, 1, 1, 1), np.float32), np.zeros((3, 2), np.int32),
@@ -179,8 +187,10 @@ class FigureTest(absltest.TestCase):
       runs, labels = edge_figures.with_seeds(edge_figures.figure_settings(name), 3)
       self.assertEqual(len(runs), 3 * len(set(labels)))
       configs, _, groups = sweep_lib.plan(base, runs)
-      for cfg in configs:
+      for cfg in configs:   # every run's round builds with its values
         train_lib.validate_config(cfg)
+        model = train_lib.build_model(cfg, (28, 28, 1), 10)
+        train_lib.build_round(cfg, model, None, None, jit=False)
       # Seeds of a setting share one program.
       for g in groups:
         self.assertEqual(len({labels[i] for i in g}), len(g) // 3 if len(g) >= 3 else 1)

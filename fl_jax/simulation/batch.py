@@ -3,7 +3,8 @@
 A sweep's runs differ in a few config values. Those that change no array shape
 and no code -- the *traced keys* below (seeds, learning-rate schedule, SGD
 momentum and weight decay, adversarial radius and step, clipping bound, DP
-noise, defender tolerances, the attacker's learning rate) -- become arrays
+noise, defender tolerances, the attacker's learning rate, the edge-case
+attacks' radii, radius decay and attack frequency) -- become arrays
 with a leading *runs* axis ``R``; the round of one run is built from its
 config by :func:`fl_jax.simulation.train.build_round` with those values
 traced, and the runs axis is a ``jax.vmap`` over it::
@@ -11,16 +12,19 @@ traced, and the runs axis is a ``jax.vmap`` over it::
     block(state[R], settings[R]) = vmap(one_run)(state, settings)
     one_run = scan over S evaluations of (scan over E rounds of round_fn; evaluate)
 
-so ``S * E`` rounds and ``S`` evaluations (clean, PGD, backdoor accuracy)
+so ``S * E`` rounds and ``S`` evaluations (clean, PGD, backdoor and target-task
+accuracy)
 are one dispatch. Every other key (model, rule, clients per round, Krum's
 ``f``, local epochs, ...) is *static*: runs that differ in one belong to
 different groups, one program each (:func:`group_runs`). Keys whose zero
-means "off" (``norm_bound``, ``dp_sigma``) split groups by on / off only.
+means "off" (``norm_bound``, ``dp_sigma``, ``replacement_send_delta``) split
+groups by on / off only.
 
 Client data is shared by the runs of a group (each run samples its own
 clients from its seed) unless the runs differ in a partition key
 (``data_seed``, ``dirichlet_alpha``, ``min_client_size``); then each run gets
-its own partition, padded to a common width and stacked ``[R, K, n, ...]``
+its own partition (and its own edge-case data ``D'`` and edge sets), padded to
+a common width and stacked ``[R, K, n, ...]``
 (it must fit in memory). Padding changes no result: client training draws
 its randomness per example index.
 

@@ -10,11 +10,12 @@ federation:
 * the honest clients' share of the edge examples (the paper's Figure 5):
   the attacker holds a fraction ``edge_attacker_share = p`` of the edge
   examples in the federation and honest clients the rest, *with their true
-  label*. As in the paper (660 ARDIS 7s, ``D'`` with 66 of them), ``D'``
-  keeps its ``edge_num_train`` edge examples for every ``p``: honest clients
-  get ``round(edge_num_train * (1 - p) / p)`` further candidates (an error if
-  the source has too few), appended round-robin to a random order of the
-  honest clients;
+  label*. The paper splits its edge set ``p / (1 - p)``; here ``D'`` keeps
+  its ``edge_num_train`` edge examples for every ``p`` (so that only the
+  honest share changes between settings) and honest clients get
+  ``round(edge_num_train * (1 - p) / p)`` further candidates (an error if the
+  source has too few), appended round-robin to a random order of the honest
+  clients (or of the first ``edge_honest_clients`` of them);
 * the target task: the edge source's test images labelled ``edge_target``,
   on which ``target_accuracy`` is measured every evaluation.
 
@@ -122,22 +123,18 @@ def check_edge_config(cfg: Mapping[str, Any]) -> None:
     raise ValueError(f"edge_target ({cfg['edge_target']}) must differ from edge_digit")
 
 
-def _source_images(cfg, pool, test, rng):
-  """``(train candidates, test images, pool without them, name)`` of the source."""
+def _source_images(cfg, pool, test):
+  """``(train candidates, test images, pool index of each candidate or None, name)``."""
   digit = cfg['edge_digit']
   if cfg['edge_source'] == 'mnist':
     idx = np.flatnonzero(pool.y == digit)
-    n = min(idx.size, max(cfg['edge_num_train'], 1) * 10)  # a candidate pool, as ARDIS's 660
-    pick = np.sort(rng.choice(idx, n, replace=False))
-    keep = np.setdiff1d(np.arange(pool.y.size), pick)
-    rest = pool._replace(x=pool.x[keep], y=pool.y[keep])
-    return pool.x[pick], test.x[test.y == digit], rest, f'MNIST {digit}s (in-distribution)'
+    return pool.x[idx], test.x[test.y == digit], idx, f'MNIST {digit}s (in-distribution)'
   src = data_lib.load_edge_source(cfg['edge_source'], data_dir=cfg['edge_dir'] or None,
                                   digit=digit)
   if src.train_x.shape[1:] != pool.x.shape[1:]:
     raise ValueError(f"edge_source {cfg['edge_source']!r} gives images of shape "
                      f'{src.train_x.shape[1:]}, the data set has {pool.x.shape[1:]}')
-  return src.train_x, src.test_x, pool, src.name
+  return src.train_x, src.test_x, None, src.name
 
 
 def build_edge_task(cfg: Mapping[str, Any], pool, test) -> EdgeTask:
@@ -153,18 +150,29 @@ def build_edge_task(cfg: Mapping[str, Any], pool, test) -> EdgeTask:
     ``honest_x`` / ``honest_y`` to honest clients with :func:`add_to_clients`.
   """
   check_edge_config(cfg)
+  for k in ('edge_digit', 'edge_target'):
+    if cfg[k] >= pool.num_classes:
+      raise ValueError(f'{k}={cfg[k]} is not a class of {pool.name} '
+                       f'({pool.num_classes} classes)')
   rng = np.random.default_rng([cfg['data_seed'], 7919])
-  cand, target_x, pool, name = _source_images(cfg, pool, test, rng)
+  cand, target_x, pool_idx, name = _source_images(cfg, pool, test)
   a_idx, h_idx = _split_share(cfg, cand.shape[0], rng)
+  if pool_idx is not None:  # in-distribution: the chosen digits leave the honest pool
+    keep = np.setdiff1d(np.arange(pool.y.size), pool_idx[np.concatenate([a_idx, h_idx])])
+    pool = pool._replace(x=pool.x[keep], y=pool.y[keep])
   n_edge = a_idx.size
   tgt = cfg['edge_target']
   from fl_jax import attacks  # pylint: disable=g-import-not-at-top
   dx, dy, is_edge = attacks.mix_edge_and_clean(
       cand[a_idx], np.full(a_idx.size, tgt, np.int32), pool.x, pool.y,
-      num_edge=n_edge, num_clean=min(cfg['edge_num_clean'], pool.y.size),
-      seed=int(rng.integers(2**31)))
+      num_edge=n_edge, num_clean=cfg['edge_num_clean'], seed=int(rng.integers(2**31)))
   if cfg['edge_num_test']:
+    if cfg['edge_num_test'] > target_x.shape[0]:
+      raise ValueError(f"edge_num_test={cfg['edge_num_test']} exceeds the "
+                       f'{target_x.shape[0]} test images of {name}')
     target_x = target_x[:cfg['edge_num_test']]
+  if target_x.shape[0] == 0:
+    raise ValueError(f'{name} has no test images for the target task')
   desc = (f"{name}: D' = {n_edge} edge (label {tgt}) + {int((~is_edge).sum())} clean; "
           f'{h_idx.size} edge examples with their true label at honest clients; '
           f'target task {target_x.shape[0]} test images')

@@ -89,7 +89,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
   if edge_lib.has_edge_task(cfg):
     missing = [k for k in EDGE_KEYS if k not in cfg]
     if missing:
-      raise ValueError(f"attack {cfg['attack']!r} needs the config keys {missing} "
+      raise ValueError(f"an edge-case config (attack {cfg.get('attack')!r}, edge_source "
+                       f"{cfg.get('edge_source')!r}) needs the config keys {missing} "
                        '(see launch/configs/edge_case.py)')
     edge_lib.check_edge_config(cfg)
   if cfg.get('attack') and cfg.get('attack_schedule', 'fixed_pool') not in ATTACK_SCHEDULES:
@@ -114,7 +115,7 @@ class Experiment(NamedTuple):
   defender: Any = None          # defender.Defender or None
   defender_data: Any = None     # defender.DefenderData or None
   trigger: Any = None           # the backdoor trigger [H, W, C] or None
-  target: Any = None            # (x, y) of the edge-case target task or None
+  target: Any = None            # the edge-case evaluation sets (target_task) or None
 
 
 def build_craft(cfg, model, cert=None):
@@ -479,15 +480,16 @@ def evaluate_arrays(cfg: Mapping[str, Any], model: models_lib.Model, params, rou
     out['backdoor_success'] = attacks.backdoor_success_rate(
         model.apply, params, test_x, test_y, trigger, cfg['backdoor_target'])
   if target is not None:
-    out['target_accuracy'] = metrics_lib.accuracy(model.apply, params, target['target_x'],
-                                                  target['target_y'])
+    from fl_jax import attacks  # pylint: disable=g-import-not-at-top
+    out['target_accuracy'] = attacks.target_accuracy(model.apply, params, target['target_x'],
+                                                     target['target_y'])
     if 'honest_x' in target:
       out['honest_edge_accuracy'] = metrics_lib.accuracy(model.apply, params,
                                                          target['honest_x'], target['honest_y'])
   if cfg.get('eval_ap_ratio') and clients is not None:
     acc = metrics_lib.per_client_accuracy(model.apply, params, clients.x, clients.y,
                                           clients.mask)
-    if cfg.get('attack'):  # the attackers' own partitions are not theirs to be fair to
+    if cfg.get('attack') or edge_lib.has_edge_task(cfg):  # the attackers' partitions
       acc = jnp.where(jnp.asarray(malicious_mask(cfg)), jnp.nan, acc)
     out['ap_ratio'] = metrics_lib.ap_ratio(acc)
     out['client_accuracy_min'] = jnp.nanmin(acc)
@@ -529,7 +531,7 @@ def round_record(rm, *, attack: bool, defender: bool) -> dict:
     # How far the honest updates reach (the radius a stealthy attacker hides in).
     honest = ~rm.attack['replaced']
     d = jnp.where(honest, rm.attack['distances'], jnp.nan)
-    rec['attack/honest_distance_median'] = jnp.nanmedian(d)
+    rec['attack/honest_distance_median'] = jnp.where(jnp.any(honest), jnp.nanmedian(d), 0.0)
     from fl_jax import attacks  # pylint: disable=g-import-not-at-top
     if any(k in rm.diagnostics for k in attacks.SELECTION_KEYS):  # Krum / Multi-Krum
       rec['attack/selected'] = attacks.attacker_selected(rm.diagnostics, rm.attack['replaced'])

@@ -23,7 +23,8 @@ Figures (Wang et al., NeurIPS 2020):
   to 80%.
 * ``capacity`` (Figure 10): hidden widths x 0.5, 1, 2.
 * ``in_distribution``: the same attack with ordinary MNIST 7s.
-* ``fairness`` (Figures 7 / 8): 30 IID clients, all in every round, one of
+* ``fairness`` (Figures 7 / 8): 30 IID honest clients, all in every round
+  (the attacker takes one of the 30 slots when it attacks), one of
   them holding 66 edge 7s with their true label; a black-box attacker in
   each of 50 rounds; FedAvg vs Krum vs Multi-Krum. Records the AP ratio,
   the honest edge holder's accuracy on its 7s and who Krum selects.
@@ -74,7 +75,7 @@ def _frequency(num_clients: int):
   return out
 
 
-_FAIR = {'partition': 'iid', 'num_clients': 30, 'clients_per_round': 30,
+_FAIR = {'partition': 'iid', 'num_clients': 31, 'clients_per_round': 30,
          'client_pool_size': 12000, 'rounds': 50, 'eval_every': 5, 'attack_frequency': 1,
          'edge_attacker_share': 0.5, 'edge_honest_clients': 1, 'eval_ap_ratio': True}
 
