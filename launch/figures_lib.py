@@ -131,7 +131,8 @@ def plot(path: str, rows, title: str, panels: int = 0,
       if c == 0:
         ax.set_ylabel(ylab)
       ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=7, loc='best')
+  for ax in axes[0] if panels else axes[0, :1]:
+    ax.legend(fontsize=6, loc='upper left')
   n = max(v.shape[0] for _, v in acc.values()) if acc else 0
   fig.suptitle(f'{title} (mean of {n} seeds, band: min-max)', fontsize=11)
   fig.tight_layout()

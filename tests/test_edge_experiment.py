@@ -223,7 +223,7 @@ class FigureTest(absltest.TestCase):
   def test_figure_commands_write_csv_and_png(self):
     d = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, d)
-    for fig in ('honest_share', 'capacity', 'density'):
+    for fig in ('capacity', 'density'):
       out = subprocess.run(
           [sys.executable, '-m', 'launch.edge_figures', f'--figure={fig}', '--seeds=1',
            f'--config={REPO}/launch/configs/edge_case.py:smoke', f'--workdir={d}',

@@ -12,8 +12,10 @@ Figures (Wang et al., NeurIPS 2020):
   Multi-Krum, RFA and weak DP (NDC + sigma 0.002); the PGD radius is 1.5
   against FedAvg / NDC / DP and 1.0 against the robust rules, the
   replacement training radius 0.3 / 0.25, sent within the defence's bound;
-  plus PGD at radius 0.5 against the robust rules (``pgd-0.5``: inside the
-  honest updates' median distance of about 1 for the ``fast`` preset's MLP).
+  plus radii tuned to the ``fast`` preset's MLP, whose honest updates lie
+  about 1 from the global model: PGD at 0.5 against the robust rules
+  (``pgd-0.5``), PGD at the clipping bound 2 (``pgd-2``) and replacement
+  training in a ball of 1 (``replacement-1``) against FedAvg, NDC and DP.
 * ``frequency`` (Figure 4): fixed frequency F = 1, 2, 10, 50 and fixed
   pools of 0.5%, 1%, 5% of the clients.
 * ``honest_share`` (Figure 5): the attacker holds p = 100%, 50%, 25% of the
@@ -62,8 +64,13 @@ def _defences():
   for d, dd in DEFENCES.items():
     for a in ('none', 'blackbox', 'pgd', 'replacement'):
       out[f'{a} vs {d}'] = {**dd, **_attack(a, d)}
-    if d in _ROBUST:   # a radius tuned to hide among this model's honest updates
+    # Radii tuned to the fast preset's MLP (they share the program of the paper's radii).
+    if d in _ROBUST:   # inside the honest updates' median distance (about 1)
       out[f'pgd-0.5 vs {d}'] = {**dd, 'attack': 'edge_pgd', 'pgd_delta': 0.5}
+    else:              # at the clipping bound; a replacement model that holds the backdoor
+      out[f'pgd-2 vs {d}'] = {**dd, 'attack': 'edge_pgd', 'pgd_delta': 2.0}
+      out[f'replacement-1 vs {d}'] = {**dd, **_attack('replacement', d),
+                                      'replacement_delta': 1.0}
   return out
 
 
