@@ -48,6 +48,8 @@ _RESUME = flags.DEFINE_bool('resume', False, 'Continue a killed sweep from its c
 _BLOCK_EVALS = flags.DEFINE_integer('block_evals', 4,
                                     'Evaluations (of eval_every rounds each) per dispatch.')
 _METRIC = flags.DEFINE_string('metric', 'test_accuracy', 'Final metric of the summary plot.')
+_DEVICES = flags.DEFINE_integer('devices', 1, 'Devices to split the runs of a group over '
+                                '(a "runs" mesh; -1: all).')
 
 
 def main(argv):
@@ -59,6 +61,7 @@ def main(argv):
   _, _, _, table = run_sweep(_CONFIG.value, runs, _WORKDIR.value, vectorize=_VECTORIZE.value,
                              resume=_RESUME.value, block_evals=_BLOCK_EVALS.value,
                              metric=_METRIC.value, dry_run=_DRY_RUN.value,
+                             devices=_DEVICES.value,
                              log=lambda m: print(m, flush=True))
   if table is None:
     return

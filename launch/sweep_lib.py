@@ -137,13 +137,15 @@ def write_results(workdir, runs, names, group_of, summaries, metric):
 
 def run_sweep(base, runs, workdir, *, vectorize: bool = True, resume: bool = False,
               block_evals: int = 4, metric: str = 'test_accuracy', dry_run: bool = False,
-              log=print):
+              devices: int = 1, log=print):
   """Runs the override dicts ``runs`` on the config ``base``; writes the results.
 
   Runs that share a program (:func:`fl_jax.simulation.batch.group_runs`) run as
   one vectorized batch (``vectorize``), else one after another with
   ``train.train``. Each run writes to ``workdir/<run name>``; then
-  :func:`write_results`.
+  :func:`write_results`. ``devices > 1`` splits each group's runs over a
+  ``'runs'`` mesh of that many devices (``-1``: all); a group whose size does
+  not divide over them is an error naming both.
 
   Returns:
     ``(names, workdirs, summaries, table)``; the last two are None with
@@ -166,13 +168,18 @@ def run_sweep(base, runs, workdir, *, vectorize: bool = True, resume: bool = Fal
   if dry_run:
     return names, workdirs, None, None
   os.makedirs(workdir, exist_ok=True)
+  mesh = None
+  if vectorize and devices != 1:
+    mesh = batch.runs_mesh(None if devices == -1 else devices)
+    log(f'runs split over {mesh.size} {mesh.devices.flat[0].platform} devices')
   summaries = [None] * len(configs)
   for g, idx in enumerate(groups):
     if vectorize:
       out = batch.run_batch([configs[i] for i in idx], [workdirs[i] for i in idx],
                             batch_dir=os.path.join(workdir, '_batches',
                                                    group_dirname(g, [names[i] for i in idx])),
-                            resume=resume, evals_per_block=block_evals, name=f'group {g}')
+                            resume=resume, evals_per_block=block_evals, name=f'group {g}',
+                            mesh=mesh)
       for i, s in zip(idx, out):
         summaries[i] = s
     else:

@@ -323,7 +323,8 @@ def _log(msg: str) -> None:
 
 def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str,
               resume: bool = False, evals_per_block: int = 4,
-              log: Callable[[str], None] = _log, name: str = 'batch') -> list:
+              log: Callable[[str], None] = _log, name: str = 'batch',
+              mesh: Optional[jax.sharding.Mesh] = None) -> list:
   """Runs ``R`` configs of one group as one vectorized program.
 
   Writes for every run what ``train.train`` writes in its workdir
@@ -342,6 +343,8 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
       the largest divisor of the number of evaluations not above it is used.
     log: progress printer.
     name: the group's name in progress lines.
+    mesh: a :func:`runs_mesh` to split the runs over (``None``: the default
+      device). ``R`` must be a multiple of its size; the result is the same.
 
   Returns:
     the ``R`` summaries (dicts), in the order of ``configs``.
@@ -351,6 +354,10 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
     raise ValueError(f'{len(configs)} configs but {len(workdirs)} workdirs')
   if len(set(workdirs)) != len(workdirs):
     raise ValueError(f'workdirs must be distinct, got {list(workdirs)}')
+  if mesh is not None and len(configs) % mesh.size:
+    raise ValueError(f'{len(configs)} runs do not split over the {mesh.size} devices of the '
+                     f'mesh; use a number of runs that is a multiple of {mesh.size} (or fewer '
+                     'devices)')
   batch = build_batch(configs)
   cfg0, num = batch.static, len(batch.configs)
   total, every = cfg0['rounds'], cfg0['eval_every']
@@ -380,9 +387,16 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
       if os.path.exists(wr.path):
         os.remove(wr.path)
   block = make_block_fn(batch, evals_per_block=spb)
-  clients = jax.device_put(batch.clients)
-  attack_data = jax.device_put(batch.attack_data)
-  test_x, test_y, target = jax.device_put((batch.test.x, batch.test.y, batch.target))
+  clients, attack_data, target = batch.clients, batch.attack_data, batch.target
+  test_x, test_y = batch.test.x, batch.test.y
+  if mesh is None:
+    clients, attack_data, target, test_x, test_y = jax.device_put(
+        (clients, attack_data, target, test_x, test_y))
+  else:  # runs split over the mesh; shared data replicated, placed once
+    per_run = batch.data_axis is not None
+    state, settings = _place((state, settings), mesh, True)
+    clients, attack_data, target = _place((clients, attack_data, target), mesh, per_run)
+    test_x, test_y, defender_data = _place((test_x, test_y, defender_data), mesh, False)
   last = [None] * num
   t_loop = time.time()
   while int(np.asarray(state.round)[0]) < total:
@@ -440,6 +454,41 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
     summaries.append(summary)
   log(f'[{name}] {num} runs done; compiled the block {block.num_traces()} time(s)')
   return summaries
+
+
+RUNS_AXIS = 'runs'
+
+
+def runs_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
+  """A one-axis device mesh named ``'runs'`` over the first ``num_devices`` devices.
+
+  A batch run on it (:func:`run_batch` with ``mesh=``) keeps each run's state,
+  settings and per-run data on one device: the runs axis is split over the
+  mesh with ``jax.sharding.NamedSharding(mesh, P('runs'))``, shared data is
+  replicated, and XLA partitions the vmapped program without any collective
+  (runs never communicate). On one host with ``D`` devices a batch of ``R``
+  runs then runs ``R / D`` per device.
+
+  Args:
+    num_devices: devices to use (default: all of ``jax.devices()``).
+
+  Raises:
+    ValueError: more devices requested than exist, or fewer than one.
+  """
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else num_devices
+  if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(devices):
+    raise ValueError(f'num_devices={num_devices!r}: need 1 to {len(devices)} (the '
+                     f'{devices[0].platform} devices this process sees)')
+  # Auto axes: XLA propagates the runs sharding through the vmapped program.
+  return jax.make_mesh((n,), (RUNS_AXIS,), devices=devices[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _place(tree, mesh, runs_axis: bool):
+  """Puts ``tree`` on ``mesh``: split along its leading runs axis, or replicated."""
+  spec = jax.sharding.PartitionSpec(RUNS_AXIS) if runs_axis else jax.sharding.PartitionSpec()
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
 
 
 def _run_key(key: str, cfg: Mapping[str, Any]) -> str:

@@ -1,0 +1,78 @@
+"""Runs of a vectorized batch split over 8 simulated CPU devices equal one device."""
+import os
+import subprocess
+import sys
+import textwrap
+
+from absl.testing import absltest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent('''
+    import os, sys, tempfile
+    import jax, numpy as np
+    from fl_jax.simulation import batch as batch_lib
+    from fl_jax.simulation import train as train_lib
+    from launch.configs import mnist_fedavg
+    assert len(jax.devices()) == 8, jax.devices()
+    d = tempfile.mkdtemp()
+    cfgs = []
+    for i in range(8):   # seeds, lr and clipping traced; own partition per run
+      c = mnist_fedavg.get_config('smoke').to_dict()
+      c.update(rounds=4, eval_every=2, seed=i, data_seed=i % 2, lr=0.05 + 0.01 * i,
+               norm_bound=1.0 + 0.1 * i, aggregator='median', partition='dirichlet')
+      cfgs.append(c)
+    logs = []
+    def run(tag, mesh):
+      dirs = [os.path.join(d, f'{tag}{i}') for i in range(8)]
+      out = batch_lib.run_batch(cfgs, dirs, batch_dir=os.path.join(d, tag),
+                                log=logs.append, mesh=mesh, evals_per_block=1)
+      return dirs, out
+    mesh = batch_lib.runs_mesh(8)
+    one, s1 = run('one', None)
+    many, s8 = run('many', mesh)
+    # Two blocks of rounds, one compilation: no retrace after the first block.
+    assert 'compiled the block 1 time(s)' in logs[-1], logs
+    for a, b in zip(one, many):
+      _, pa, _ = train_lib.restore(a)
+      _, pb, _ = train_lib.restore(b)
+      for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+    for x, y in zip(s1, s8):
+      assert abs(x['test_accuracy'] - y['test_accuracy']) < 1e-6, (x, y)
+    # The state really is split over the devices, one run per device.
+    b = batch_lib.build_batch(cfgs)
+    state = batch_lib.make_init_fn(b)({k: jax.numpy.asarray(v) for k, v in b.settings.items()},
+                                      b.defender_data, None)
+    placed = batch_lib._place(state, mesh, True)
+    leaf = jax.tree.leaves(placed.params)[0]
+    assert len(leaf.sharding.device_set) == 8 and leaf.addressable_shards[0].data.shape[0] == 1
+    # Bad input: runs that do not divide over the mesh; more devices than exist.
+    try:
+      batch_lib.run_batch(cfgs[:6], [os.path.join(d, f'x{i}') for i in range(6)],
+                          batch_dir=os.path.join(d, 'x'), log=lambda m: None, mesh=mesh)
+      raise AssertionError('6 runs on 8 devices did not raise')
+    except ValueError as e:
+      assert '6 runs do not split over the 8 devices' in str(e), e
+    try:
+      batch_lib.runs_mesh(9)
+      raise AssertionError('9 devices did not raise')
+    except ValueError as e:
+      assert 'num_devices=9' in str(e) and '1 to 8' in str(e), e
+    print('SHARDED_OK')
+''')
+
+
+class ShardedRunsTest(absltest.TestCase):
+
+  def test_runs_split_over_eight_devices_equal_one_device(self):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+               JAX_PLATFORMS='cpu')
+    out = subprocess.run([sys.executable, '-c', SCRIPT], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    self.assertEqual(out.returncode, 0, out.stderr[-4000:])
+    self.assertIn('SHARDED_OK', out.stdout)
+
+
+if __name__ == '__main__':
+  absltest.main()
