@@ -271,12 +271,28 @@ class OrderStatisticsTest(parameterized.TestCase):
     rng = np.random.default_rng(30)
     x = np.round(rng.normal(size=(11, 200)) * 2).astype(np.float32)
     x[0] = 1e6                                            # a huge attacker value
-    out, _ = agg1(A.trimmed_mean(beta), x)
-    np.testing.assert_allclose(out, np_trimmed(x, beta), rtol=1e-5, atol=1e-5)
-    w = np.ones(11)
-    w[3] = 0.0
-    out, _ = agg1(A.trimmed_mean(beta), x, w)
-    np.testing.assert_allclose(out, np_trimmed(x[w > 0], beta), rtol=1e-5, atol=1e-5)
+    for method in ('auto', 'network', 'bisect'):
+      out, _ = agg1(A.trimmed_mean(beta, method), x)
+      np.testing.assert_allclose(out, np_trimmed(x, beta), rtol=1e-5, atol=1e-5)
+      w = np.ones(11)
+      w[3] = 0.0
+      out, _ = agg1(A.trimmed_mean(beta, method), x, w)
+      np.testing.assert_allclose(out, np_trimmed(x[w > 0], beta), rtol=1e-5, atol=1e-5)
+
+  def test_trimmed_mean_network_equals_bisection(self):
+    # Ties, absent clients (zero weight, NaN rows), odd and even counts, every t.
+    rng = np.random.default_rng(31)
+    for c in (1, 2, 5, 8, 13):
+      for beta in (0.0, 0.1, 0.25, 0.45):
+        x = np.round(rng.normal(size=(c, 300)) * 3).astype(np.float32)
+        w = rng.integers(0, 3, size=c).astype(np.float32)
+        if c > 2:
+          x[1, 7] = np.nan
+        net, _ = agg1(A.trimmed_mean(beta, 'network'), x, w)
+        bis, _ = agg1(A.trimmed_mean(beta, 'bisect'), x, w)
+        np.testing.assert_allclose(net, bis, rtol=1e-6, atol=1e-6, err_msg=f'C={c} beta={beta}')
+    with self.assertRaisesRegex(ValueError, "method must be one of .* got 'sort'"):
+      A.trimmed_mean(0.1, 'sort')
 
   def test_selection_network_is_exact_for_every_rank(self):
     rng = np.random.default_rng(1)

@@ -36,7 +36,39 @@ def trimmed_sum_block(vals, t, n):
   return jnp.where(klo == khi, (nf - 2 * tf) * lo, total)
 
 
-def trimmed_mean(beta: float) -> Aggregator:
+def trimmed_sum_network(m, present, n, t):
+  """Sum of the kept ranks ``t .. n-t-1`` of the present rows of ``m [C, L]``.
+
+  The median's selection method (:func:`fl_jax.aggregators.median`): absent
+  rows go to ``-inf`` (the first ``floor(k/2)`` of the ``k`` absent ones) and
+  ``+inf`` (the rest), so the present values sit at sorted positions
+  ``o .. o+n-1`` with ``o = floor(k/2)``; a sorting network on the ``C`` rows
+  (elementwise ``min`` / ``max``, fused by XLA into one pass over the
+  coordinates) gives every position, and the positions ``o+t .. o+n-t-1``
+  are summed. ``n`` and ``t`` may be traced.
+  """
+  c = m.shape[0]
+  absent = ~present
+  rank_absent = jnp.cumsum(absent) - 1
+  low = absent & (rank_absent < (c - n) // 2)
+  fill = jnp.where(low, -jnp.inf, jnp.inf)[:, None]
+  vals = jnp.where(present[:, None], m, fill)
+  rows = _order_stats.select_ranks(vals, list(range(c))) if c > 1 else [vals[0]]
+  first = (c - n) // 2 + t
+  last = (c - n) // 2 + n - t - 1
+  total = jnp.zeros_like(rows[0])
+  for p, row in enumerate(rows):
+    total = total + jnp.where((p >= first) & (p <= last), row, 0.0)
+  return total
+
+
+_METHODS = ('auto', 'network', 'bisect')
+# The full sorting network outgrows bisection sooner than the median's pruned
+# one (benchmarks/trimmed_mean.py: 16-20x faster at 10 clients, 1.1-1.4x at 50).
+NETWORK_MAX_CLIENTS = 64
+
+
+def trimmed_mean(beta: float, method: str = 'auto') -> Aggregator:
   """Coordinate-wise ``beta``-trimmed mean of the present clients' updates.
 
   For every coordinate, sort the ``n`` present values, drop the
@@ -55,8 +87,15 @@ def trimmed_mean(beta: float) -> Aggregator:
   the present clients only and ``t`` follows it (both traced). With ``n = 0``
   the result is the zero update.
 
+  ``method`` picks the algorithm, as for :func:`fl_jax.aggregators.median`:
+  ``'network'`` a fused sorting network over the clients, ``'bisect'`` a
+  blockwise bisection on the float keys (any number of clients, exact to the
+  bit), ``'auto'`` the network for ``C <= 64``.
+  Both keep the same ranks; the sums may differ by float rounding.
+
   Args:
     beta: trimmed fraction per side, ``0 <= beta < 0.5``.
+    method: ``'auto'``, ``'network'`` or ``'bisect'``.
 
   Returns:
     An :class:`Aggregator`; ``update(updates[C, ...], weights[C], state)``
@@ -66,6 +105,8 @@ def trimmed_mean(beta: float) -> Aggregator:
   beta = _common.check_float('beta', beta)
   if not 0.0 <= beta < 0.5:
     raise ValueError(f'trimmed_mean needs 0 <= beta < 0.5, got beta={beta!r}')
+  if method not in _METHODS:
+    raise ValueError(f'trimmed_mean method must be one of {_METHODS}, got {method!r}')
 
   init = stateless_init
 
@@ -81,6 +122,11 @@ def trimmed_mean(beta: float) -> Aggregator:
     if beta == 0.0:
       coef = present.astype(jnp.float32) / jnp.maximum(n, 1).astype(jnp.float32)
       out = _common.weighted_rows(updates, coef, present, all_finite)
+    elif method == 'network' or (method == 'auto' and c <= NETWORK_MAX_CLIENTS):
+      keep = jnp.maximum(n - 2 * t, 1).astype(jnp.float32)
+      out = jax.tree.map(
+          lambda x: _common.unrow(trimmed_sum_network(_common.rows(x), present, n, t) / keep, x),
+          updates)
     else:
       keep = jnp.maximum(n - 2 * t, 1).astype(jnp.float32)
       out = _order_stats.columnwise(
