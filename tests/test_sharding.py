@@ -63,13 +63,63 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+CLIENTS_SCRIPT = textwrap.dedent('''
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    sys.path.insert(0, 'tests')
+    from test_aggregators import RULES
+    import fl_test_utils
+    from fl_jax import simulation
+    assert len(jax.devices()) == 8
+    mesh = jax.make_mesh((8,), ('clients',), axis_types=(jax.sharding.AxisType.Auto,))
+    split = NamedSharding(mesh, P('clients'))
+    rng = np.random.default_rng(0)
+    ups = {'w': jnp.asarray(rng.normal(size=(16, 7, 5)), jnp.float32),
+           'b': jnp.asarray(rng.normal(size=(16, 3)), jnp.float32)}
+    weights = jnp.asarray(rng.integers(1, 5, size=16), jnp.float32)
+    for name, make in RULES.items():   # every rule on a client-sharded stack
+      agg = make()
+      state = agg.init(jax.tree.map(lambda x: x[0], ups))
+      fn = jax.jit(agg.update)
+      ref = fn(ups, weights, state)
+      got = fn(jax.device_put(ups, split), jax.device_put(weights, split), state)
+      for a, b in zip(jax.tree.leaves(ref[0]), jax.tree.leaves(got[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    # A round whose client data is sharded by client over the mesh.
+    data = fl_test_utils.tiny_clients(num_clients=16, n=10)
+    round_fn = simulation.make_round_fn(fl_test_utils.shift_update, RULES['median_network'](),
+                                        num_clients=16, clients_per_round=8, seed=0)
+    fresh = lambda: simulation.init_server_state({'p': jnp.zeros((3,))},
+                                                 RULES['median_network']())
+    s1, _ = round_fn(fresh(), data)     # the state is donated: a fresh one per run
+    s1, _ = round_fn(s1, data)
+    s2, _ = round_fn(fresh(), jax.device_put(data, split))
+    s2, _ = round_fn(s2, jax.device_put(data, split))
+    np.testing.assert_allclose(s1.params['p'], s2.params['p'], rtol=1e-6)
+    print('CLIENTS_OK')
+''')
+
+
+def _run(script):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=900)
+
+
+class ShardedClientsTest(absltest.TestCase):
+
+  def test_every_rule_and_a_round_on_client_sharded_data_equal_unsharded(self):
+    out = _run(CLIENTS_SCRIPT)
+    self.assertEqual(out.returncode, 0, out.stderr[-4000:])
+    self.assertIn('CLIENTS_OK', out.stdout)
+
+
 class ShardedRunsTest(absltest.TestCase):
 
   def test_runs_split_over_eight_devices_equal_one_device(self):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-               JAX_PLATFORMS='cpu')
-    out = subprocess.run([sys.executable, '-c', SCRIPT], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = _run(SCRIPT)
     self.assertEqual(out.returncode, 0, out.stderr[-4000:])
     self.assertIn('SHARDED_OK', out.stdout)
 
