@@ -43,9 +43,9 @@ def _time_here(num_devices: int) -> dict:
   mesh = batch_lib.runs_mesh(num_devices)
   settings = {k: jnp.asarray(v) for k, v in b.settings.items()}
   state = batch_lib.make_init_fn(b)(settings, b.defender_data, b.init_params)
-  state, settings = batch_lib._place((state, settings), mesh, True)  # pylint: disable=protected-access
-  shared = batch_lib._place((b.clients, b.attack_data, b.defender_data, b.test.x, b.test.y,  # pylint: disable=protected-access
-                             b.target), mesh, False)
+  state, settings = batch_lib.place((state, settings), mesh, True)
+  shared = batch_lib.place((b.clients, b.attack_data, b.defender_data, b.test.x, b.test.y,
+                            b.target), mesh, False)
   clients, attack, dd, tx, ty, target = shared
   block = batch_lib.make_block_fn(b, evals_per_block=1)
   state, recs, _ = block(state, settings, clients, attack, dd, tx, ty, target)

@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent('''
     b = batch_lib.build_batch(cfgs)
     state = batch_lib.make_init_fn(b)({k: jax.numpy.asarray(v) for k, v in b.settings.items()},
                                       b.defender_data, None)
-    placed = batch_lib._place(state, mesh, True)
+    placed = batch_lib.place(state, mesh, True)
     leaf = jax.tree.leaves(placed.params)[0]
     assert len(leaf.sharding.device_set) == 8 and leaf.addressable_shards[0].data.shape[0] == 1
     # Bad input: runs that do not divide over the mesh; more devices than exist.

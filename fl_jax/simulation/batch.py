@@ -394,9 +394,9 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
         (clients, attack_data, target, test_x, test_y))
   else:  # runs split over the mesh; shared data replicated, placed once
     per_run = batch.data_axis is not None
-    state, settings = _place((state, settings), mesh, True)
-    clients, attack_data, target = _place((clients, attack_data, target), mesh, per_run)
-    test_x, test_y, defender_data = _place((test_x, test_y, defender_data), mesh, False)
+    state, settings = place((state, settings), mesh, True)
+    clients, attack_data, target = place((clients, attack_data, target), mesh, per_run)
+    test_x, test_y, defender_data = place((test_x, test_y, defender_data), mesh, False)
   last = [None] * num
   t_loop = time.time()
   while int(np.asarray(state.round)[0]) < total:
@@ -485,7 +485,7 @@ def runs_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def _place(tree, mesh, runs_axis: bool):
+def place(tree, mesh, runs_axis: bool):
   """Puts ``tree`` on ``mesh``: split along its leading runs axis, or replicated."""
   spec = jax.sharding.PartitionSpec(RUNS_AXIS) if runs_axis else jax.sharding.PartitionSpec()
   return jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
