@@ -27,7 +27,11 @@ Writes:
   to the same result.
 
 ``--novectorize`` runs the same runs one after another (``launch.train``'s
-loop), for comparison.
+loop), for comparison. ``--devices=D`` splits each group's runs over ``D``
+devices (a ``'runs'`` mesh; ``-1``: all); with the flags of ``launch/hosts.py``
+(``--coordinator_address``, ``--num_processes``, ``--process_id``) the mesh
+spans several processes or hosts, each running the same command, and only
+process 0 writes.
 """
 import os
 
@@ -35,6 +39,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from launch import hosts
 from launch.sweep_lib import load_sweep, run_sweep
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'mnist_fedavg.py')
@@ -57,13 +62,18 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _SWEEP.value:
     raise app.UsageError('--sweep is required')
+  job = hosts.initialize_from_flags()
+  from fl_jax.simulation import distributed  # pylint: disable=g-import-not-at-top
+  main_process = distributed.is_main_process()
+  log = (lambda m: print(m, flush=True)) if main_process else (lambda m: None)
+  log(f'devices: {job}')
   runs = load_sweep(_SWEEP.value)
   _, _, _, table = run_sweep(_CONFIG.value, runs, _WORKDIR.value, vectorize=_VECTORIZE.value,
                              resume=_RESUME.value, block_evals=_BLOCK_EVALS.value,
                              metric=_METRIC.value, dry_run=_DRY_RUN.value,
                              devices=_DEVICES.value,
-                             log=lambda m: print(m, flush=True))
-  if table is None:
+                             log=log)
+  if table is None or not main_process:
     return
   for name, row in table.items():
     print(f'{name or "base"}: {_METRIC.value} {row["mean"]:.4f} '

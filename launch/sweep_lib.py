@@ -109,10 +109,13 @@ def write_results(workdir, runs, names, group_of, summaries, metric):
   """``sweep_results.jsonl``, ``sweep_summary.json`` and the summary plot."""
   results = [{'run': n, 'group': group_of[i], 'overrides': o, 'final': summaries[i]}
              for i, (n, o) in enumerate(zip(names, runs))]
+  table = summarize(results, metric)
+  from fl_jax.simulation import distributed  # pylint: disable=g-import-not-at-top
+  if not distributed.is_main_process():  # several processes: process 0 writes
+    return results, table
   with open(os.path.join(workdir, 'sweep_results.jsonl'), 'w') as f:
     for r in results:
       f.write(json.dumps(r) + '\n')
-  table = summarize(results, metric)
   with open(os.path.join(workdir, 'sweep_summary.json'), 'w') as f:
     json.dump({'metric': metric, 'settings': table}, f, indent=2)
   if table:
@@ -179,7 +182,7 @@ def run_sweep(base, runs, workdir, *, vectorize: bool = True, resume: bool = Fal
                             batch_dir=os.path.join(workdir, '_batches',
                                                    group_dirname(g, [names[i] for i in idx])),
                             resume=resume, evals_per_block=block_evals, name=f'group {g}',
-                            mesh=mesh)
+                            mesh=mesh, log=log)
       for i, s in zip(idx, out):
         summaries[i] = s
     else:

@@ -97,6 +97,43 @@ CLIENTS_SCRIPT = textwrap.dedent('''
     s2, _ = round_fn(fresh(), jax.device_put(data, split))
     s2, _ = round_fn(s2, jax.device_put(data, split))
     np.testing.assert_allclose(s1.params['p'], s2.params['p'], rtol=1e-6)
+    # The sampled clients split over the devices inside the round (client_sharding):
+    # FedAvg becomes a cross-device reduction, and the result is the same.
+    from fl_jax.simulation import distributed
+    split8 = distributed.split_leading(distributed.make_mesh(8, 'clients'))
+    mean = RULES['mean']()
+    fresh = lambda: simulation.init_server_state({'p': jnp.zeros((3,))}, mean)
+    plain = simulation.make_round_fn(fl_test_utils.shift_update, mean, num_clients=16,
+                                     clients_per_round=8, seed=0)
+    split_fn = simulation.make_round_fn(fl_test_utils.shift_update, mean, num_clients=16,
+                                        clients_per_round=8, seed=0, client_sharding=split8)
+    hlo = split_fn.lower(fresh(), data).compile().as_text()
+    assert 'all-reduce' in hlo, 'no cross-device reduction in the client-sharded round'
+    np.testing.assert_allclose(plain(fresh(), data)[0].params['p'],
+                               split_fn(fresh(), data)[0].params['p'], rtol=1e-6)
+    try:
+      simulation.make_round_fn(fl_test_utils.shift_update, mean, num_clients=16,
+                               clients_per_round=6, seed=0, client_sharding=split8)
+      raise AssertionError('6 clients over 8 devices accepted')
+    except ValueError as e:
+      assert 'clients_per_round=6' in str(e), e
+    # A defended, attacked training run with clients and held-out points split over
+    # 8 devices (client_devices) equals the run on one device.
+    import os, tempfile
+    from fl_jax.simulation import train as train_lib
+    from launch.configs import mnist_fedavg
+    d = tempfile.mkdtemp()
+    out = {}
+    for n in (1, 8):
+      c = mnist_fedavg.get_config('smoke')
+      c.update(num_clients=24, clients_per_round=8, rounds=2, eval_every=2, attack='backdoor',
+               num_malicious=6, attack_min_malicious=1, backdoor_warmup_epochs=0,
+               defender=True, defender_val_points=48, defender_cert_points=16,
+               defender_checks='clean,cert_loss', aggregator='median', client_devices=n)
+      train_lib.train(c, os.path.join(d, str(n)), log=lambda m: None)
+      out[n] = train_lib.restore(os.path.join(d, str(n)))[1]
+    for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[8])):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     print('CLIENTS_OK')
 ''')
 

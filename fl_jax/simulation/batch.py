@@ -47,6 +47,7 @@ from fl_jax import data as data_lib
 from fl_jax import tree_math
 from fl_jax.metrics.writer import JsonlWriter, to_jsonable
 from fl_jax.simulation import checkpoint as ckpt_lib
+from fl_jax.simulation import distributed
 from fl_jax.simulation import train as train_lib
 from fl_jax.simulation.round import init_server_state
 
@@ -118,6 +119,11 @@ def check_batch(configs: Sequence[Mapping[str, Any]]) -> None:
   """
   if not configs:
     raise ValueError('a batch needs at least one run')
+  for cfg in configs:
+    if cfg.get('client_devices', 1) != 1:
+      raise ValueError(f'client_devices={cfg["client_devices"]!r}: a vectorized batch splits '
+                       'its runs over devices (run_batch(mesh=), launch.sweep --devices), '
+                       'not the clients of each run; set client_devices=1')
   ref = _static_items(configs[0])
   for i, cfg in enumerate(configs[1:], 1):
     items = _static_items(cfg)
@@ -367,23 +373,25 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
   defender_data = batch.defender_data
   state = make_init_fn(batch)(settings, defender_data, batch.init_params)
   per_round = bool(cfg0.get('attack')) or bool(cfg0.get('defender'))
+  writes = distributed.is_main_process()  # several processes: only process 0 writes
   writers = [JsonlWriter(os.path.join(w, 'metrics.jsonl')) for w in workdirs]
   round_writers = [JsonlWriter(os.path.join(w, 'rounds.jsonl')) for w in workdirs]
   for cfg, w in zip(batch.configs, workdirs):
-    os.makedirs(w, exist_ok=True)
-    with open(os.path.join(w, 'config.json'), 'w') as f:
-      json.dump(to_jsonable(cfg), f, indent=2, sort_keys=True)
+    if writes:
+      os.makedirs(w, exist_ok=True)
+      with open(os.path.join(w, 'config.json'), 'w') as f:
+        json.dump(to_jsonable(cfg), f, indent=2, sort_keys=True)
   ckpt_path = os.path.join(batch_dir, BATCH_CHECKPOINT)
   elapsed_before = 0.0
   if resume and os.path.exists(ckpt_path):
     state, elapsed_before = ckpt_lib.load(ckpt_path, (state, np.float64(0.0)))
     elapsed_before = float(elapsed_before)
     done_rounds = int(np.asarray(state.round)[0])
-    for wr in (*writers, *round_writers):
+    for wr in (*writers, *round_writers) if writes else ():
       wr.truncate_after(done_rounds)
     log(f'[{name}] resumed from {ckpt_path} at round {done_rounds}')
   else:
-    for wr in (*writers, *round_writers):
+    for wr in (*writers, *round_writers) if writes else ():
       if os.path.exists(wr.path):
         os.remove(wr.path)
   block = make_block_fn(batch, evals_per_block=spb)
@@ -399,14 +407,15 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
     test_x, test_y, defender_data = place((test_x, test_y, defender_data), mesh, False)
   last = [None] * num
   t_loop = time.time()
-  while int(np.asarray(state.round)[0]) < total:
-    r0 = int(np.asarray(state.round)[0])
+  r1 = int(distributed.to_host(state.round)[0])
+  while r1 < total:
+    r0 = r1
     t0 = time.time()
     state, recs, evals = block(state, settings, clients, attack_data, defender_data,
                                test_x, test_y, target)
-    recs, evals = jax.device_get((recs, evals))
+    recs, evals = distributed.to_host((recs, evals))
     now = time.time()
-    r1 = int(np.asarray(state.round)[0])
+    r1 = int(distributed.to_host(state.round)[0])
     rps = (r1 - r0) / max(now - t0, 1e-9)
     elapsed = elapsed_before + now - t_loop
     for i in range(num):
@@ -423,7 +432,8 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
                       if k not in ('done', 'update_norm_mean')}}
             if cfg0.get('defender'):
               rec['defender/reason'] = train_lib.defender_reason(rec)
-            round_writers[i].write(rec)
+            if writes:
+              round_writers[i].write(rec)
         e_last = int(np.flatnonzero(done)[-1])
         last[i] = {'round': int(rounds_done[e_last]),
                    **{k: float(v[i, s]) for k, v in evals.items()},
@@ -431,32 +441,37 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
                    'elapsed_seconds': elapsed, 'rounds_per_second': rps,
                    'update_norm_mean': float(seg['update_norm_mean'][e_last]),
                    'aggregate_norm': float(seg['aggregate_norm'][e_last])}
-        writers[i].write(last[i])
-    ckpt_lib.save(ckpt_path, (state, np.float64(elapsed)))
+        if writes:
+          writers[i].write(last[i])
+    host_state = distributed.to_host(state)
+    if writes:
+      ckpt_lib.save(ckpt_path, (host_state, np.float64(elapsed)))
     acc = np.mean([l['test_accuracy'] for l in last])
     eta = (total - r1) / max(rps, 1e-9)
     log(f'[{name}] round {r1:5d}/{total}  {num} runs  {num * rps:.2f} run-rounds/s  '
         f'mean test_acc={acc:.4f}  ETA {eta:.0f} s')
   summaries = []
-  host_state = jax.device_get(state)
+  host_state = distributed.to_host(state)
   for i, w in enumerate(workdirs):
     run_state = jax.tree.map(lambda a: a[i], host_state)
-    ckpt_lib.save(os.path.join(w, train_lib.CHECKPOINT),
-                  (run_state, np.float64(elapsed_before + time.time() - t_loop)))
+    if writes:
+      ckpt_lib.save(os.path.join(w, train_lib.CHECKPOINT),
+                    (run_state, np.float64(elapsed_before + time.time() - t_loop)))
     if last[i] is None:  # nothing left to run: read the last record written
       rows = [r for r in _read(writers[i].path)]
       last[i] = rows[-1] if rows else {'round': int(run_state.round)}
     summary = {**{k: v for k, v in last[i].items() if k != 'rounds_per_second'},
                'rounds': int(run_state.round), 'wall_seconds': time.time() - t_start,
                'train_seconds': elapsed_before + time.time() - t_loop}
-    with open(os.path.join(w, 'summary.json'), 'w') as f:
-      json.dump(to_jsonable(summary), f, indent=2, sort_keys=True)
+    if writes:
+      with open(os.path.join(w, 'summary.json'), 'w') as f:
+        json.dump(to_jsonable(summary), f, indent=2, sort_keys=True)
     summaries.append(summary)
   log(f'[{name}] {num} runs done; compiled the block {block.num_traces()} time(s)')
   return summaries
 
 
-RUNS_AXIS = 'runs'
+RUNS_AXIS = distributed.RUNS_AXIS
 
 
 def runs_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
@@ -467,7 +482,9 @@ def runs_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
   mesh with ``jax.sharding.NamedSharding(mesh, P('runs'))``, shared data is
   replicated, and XLA partitions the vmapped program without any collective
   (runs never communicate). On one host with ``D`` devices a batch of ``R``
-  runs then runs ``R / D`` per device.
+  runs then runs ``R / D`` per device; after
+  :func:`fl_jax.simulation.distributed.initialize` the mesh spans the devices
+  of every host.
 
   Args:
     num_devices: devices to use (default: all of ``jax.devices()``).
@@ -475,20 +492,13 @@ def runs_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
   Raises:
     ValueError: more devices requested than exist, or fewer than one.
   """
-  devices = jax.devices()
-  n = len(devices) if num_devices is None else num_devices
-  if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(devices):
-    raise ValueError(f'num_devices={num_devices!r}: need 1 to {len(devices)} (the '
-                     f'{devices[0].platform} devices this process sees)')
-  # Auto axes: XLA propagates the runs sharding through the vmapped program.
-  return jax.make_mesh((n,), (RUNS_AXIS,), devices=devices[:n],
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return distributed.make_mesh(num_devices, RUNS_AXIS)
 
 
 def place(tree, mesh, runs_axis: bool):
   """Puts ``tree`` on ``mesh``: split along its leading runs axis, or replicated."""
-  spec = jax.sharding.PartitionSpec(RUNS_AXIS) if runs_axis else jax.sharding.PartitionSpec()
-  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
+  sharding = distributed.split_leading(mesh) if runs_axis else distributed.replicated(mesh)
+  return jax.device_put(tree, sharding)
 
 
 def _run_key(key: str, cfg: Mapping[str, Any]) -> str:

@@ -19,8 +19,8 @@
    model on held-out data and skip the round (keep the old model) if it looks
    tampered with.
 
-The client axis is the leading axis of every stacked array, so it can be
-sharded across devices with a ``NamedSharding`` on that axis.
+The client axis is the leading axis of every stacked array; with
+``client_sharding`` the sampled clients are split over devices along it.
 """
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -132,7 +132,8 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
                   num_clients: int, clients_per_round: int, seed: int,
                   client_parallel: Optional[str] = None,
                   chunk_size: Optional[int] = None, attack: Optional[Attack] = None,
-                  defender: Any = None, jit: bool = True) -> Callable:
+                  defender: Any = None, jit: bool = True,
+                  client_sharding: Optional[jax.sharding.NamedSharding] = None) -> Callable:
   """Builds ``round_fn(state, data, attack_data=None, defender_data=None)``.
 
   ``round_fn`` returns ``(new_state, RoundMetrics)``.
@@ -151,6 +152,13 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
       (its held-out sets) is passed to ``defender.check``. The state's
       ``defender_state`` must come from ``defender.init``.
     jit: return the jitted function (server state donated) or the raw one.
+    client_sharding: ``None``, or a sharding that splits a leading axis over
+      devices (``distributed.split_leading(distributed.make_mesh(D,
+      'clients'))``): the sampled clients' data and their updates are
+      constrained to it, so each device trains ``m / D`` clients and the
+      aggregator reduces over a client-sharded stack (XLA inserts the
+      collectives). ``m`` must be a multiple of ``D``. Same results as
+      unsharded, to float rounding.
 
   ``data`` is a :class:`fl_jax.data.ClientData`-like object with fields
   ``x[K, n, ...]``, ``y[K, n]``, ``mask[K, n]``, ``num_examples[K]``; it is an
@@ -168,6 +176,14 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
                      f'expected one of {CLIENT_PARALLEL}')
   if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
     raise ValueError(f'chunk_size must be a positive int or None, got {chunk_size!r}')
+  if client_sharding is not None:
+    n_dev = client_sharding.mesh.size
+    if clients_per_round % n_dev:
+      raise ValueError(f'clients_per_round={clients_per_round} does not split over the '
+                       f'{n_dev} devices of client_sharding; use a multiple of {n_dev}')
+    split = lambda tree: jax.lax.with_sharding_constraint(tree, client_sharding)
+  else:
+    split = lambda tree: tree
   seed_key = jax.random.key(seed)
 
   def round_fn(state: ServerState, data, attack_data=None, defender_data=None) -> tuple:
@@ -178,13 +194,12 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
       ids = attack.sample(sample_key, state.round)
     else:
       ids = sample_clients(sample_key, num_clients, clients_per_round)
-    batch = ClientBatch(data.x[ids], data.y[ids])
-    mask = data.mask[ids]
+    batch, mask = split((ClientBatch(data.x[ids], data.y[ids]), data.mask[ids]))
     keys = jax.vmap(lambda i: jax.random.fold_in(train_key, i))(ids)
     new_params, cm = run_clients(client_update, state.params, batch, mask, keys,
                                  state.round, client_parallel=client_parallel,
                                  chunk_size=chunk_size)
-    updates = jax.tree.map(lambda w_i, w: w_i - w[None], new_params, state.params)
+    updates = split(jax.tree.map(lambda w_i, w: w_i - w[None], new_params, state.params))
     weights = cm.num_examples.astype(jnp.float32)
     info = {}
     if attack is not None:

@@ -33,6 +33,7 @@ from fl_jax import metrics as metrics_lib
 from fl_jax import models as models_lib
 from fl_jax.metrics.writer import JsonlWriter, to_jsonable
 from fl_jax.simulation import checkpoint as ckpt_lib
+from fl_jax.simulation import distributed
 from fl_jax.simulation import edge_task as edge_lib
 from fl_jax.simulation.round import init_server_state, make_round_fn
 from fl_jax.types import is_traced
@@ -404,6 +405,15 @@ class RoundParts(NamedTuple):
   trigger: Any
 
 
+def client_sharding(cfg: Mapping[str, Any]):
+  """``None``, or the split of the sampled clients over ``cfg['client_devices']`` devices."""
+  n = cfg.get('client_devices', 1)
+  if n == 1:
+    return None
+  return distributed.split_leading(
+      distributed.make_mesh(None if n == -1 else n, distributed.CLIENTS_AXIS))
+
+
 def build_round(cfg: Mapping[str, Any], model: models_lib.Model, cert, val, *,
                 jit: bool = True) -> RoundParts:
   """The round of ``cfg`` (client update, rule, attack, defender, ``round_fn``).
@@ -423,7 +433,8 @@ def build_round(cfg: Mapping[str, Any], model: models_lib.Model, cert, val, *,
       client_update, aggregator, num_clients=cfg['num_clients'],
       clients_per_round=cfg['clients_per_round'], seed=cfg['seed'],
       client_parallel=cfg['client_parallel'] or None,
-      chunk_size=cfg['chunk_size'] or None, attack=attack, defender=defender, jit=jit)
+      chunk_size=cfg['chunk_size'] or None, attack=attack, defender=defender, jit=jit,
+      client_sharding=client_sharding(cfg))
   return RoundParts(client_update, aggregator, attack, defender, round_fn, trigger)
 
 
@@ -554,6 +565,24 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
+def place_round_data(exp: Experiment):
+  """Puts the clients' data and the defender's held-out sets on the devices, once.
+
+  With ``client_devices`` the clients' data is split by client and the
+  defender's validation and certification points by point over the same
+  devices (each where its count divides over them; else replicated), so a
+  round moves only the sampled clients' rows and the defender measures its
+  points in parallel.
+  """
+  sharding = client_sharding(exp.config)
+  if sharding is None:
+    return jax.device_put((exp.clients, exp.defender_data))
+  n_dev = sharding.mesh.size
+  rep = distributed.replicated(sharding.mesh)
+  place = lambda a: jax.device_put(a, sharding if a.shape[0] % n_dev == 0 else rep)
+  return jax.tree.map(place, (exp.clients, exp.defender_data))
+
+
 def train(config, workdir: str, resume: bool = False,
           log: Callable[[str], None] = _log) -> dict:
   """Runs a federated experiment; returns the summary dict.
@@ -592,7 +621,7 @@ def train(config, workdir: str, resume: bool = False,
   elif os.path.exists(writer.path):
     os.remove(writer.path)
 
-  data = jax.device_put(exp.clients)
+  data, defender_data = place_round_data(exp)
   per_round = exp.attack is not None or exp.defender is not None
   round_writer = JsonlWriter(os.path.join(workdir, 'rounds.jsonl'))
   if resume and os.path.exists(ckpt_path):
@@ -604,7 +633,7 @@ def train(config, workdir: str, resume: bool = False,
   t_loop = time.time()
   t_window, r_window = time.time(), int(state.round)
   while int(state.round) < rounds:
-    state, rm = exp.round_fn(state, data, exp.attack_data, exp.defender_data)
+    state, rm = exp.round_fn(state, data, exp.attack_data, defender_data)
     losses.append(rm.train_loss)
     r = int(state.round)  # rounds done
     if per_round:  # every attack and every defender decision, with its figures

@@ -33,6 +33,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.init_checkpoint = ''    # workdir of an earlier run to start from ('' = fresh init)
   c.client_parallel = ''    # '' = by backend (map on CPU, vmap on GPU/TPU)
   c.chunk_size = 0          # clients per vmapped chunk for 'map' (0 = 1)
+  c.client_devices = 1      # devices the sampled clients split over (-1 = all; one run only)
   # Model and local training.
   c.model = 'mnist_cnn'
   c.conv_impl = ''          # '' = by backend (patches on CPU, xla elsewhere)
