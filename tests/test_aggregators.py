@@ -433,6 +433,54 @@ class StagesTest(absltest.TestCase):
                                               'multi_krum', 'bulyan', 'geometric_median']))
 
 
+class HeldOutInputsTest(parameterized.TestCase):
+  """Inputs outside the usual range: exclusions, negative weights, integer leaves, huge updates."""
+
+  def test_multi_krum_default_m_counts_present_clients(self):
+    # 5 honest points, an attacker at 5 and a NaN client: f = 1, n = 6 present,
+    # so the default m is n - f = 5 and the attacker is left out (C - f = 6 would take it).
+    x = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 5.0, np.nan], np.float32)[:, None]
+    out, diag = agg1(A.multi_krum(1), x)
+    np.testing.assert_array_equal(diag['selected'], [True] * 5 + [False, False])
+    np.testing.assert_allclose(out, [0.2], rtol=1e-6)
+    without, _ = agg1(A.multi_krum(1), x[:6])   # absent == not in the stack
+    np.testing.assert_allclose(out, without, rtol=1e-6)
+
+  def test_negative_weight_is_an_error_and_absent_under_jit(self):
+    agg = A.weighted_mean()
+    x = {'x': jnp.arange(4.0)[:, None]}
+    w = jnp.array([1.0, -2.0, 1.0, 1.0])
+    with self.assertRaisesRegex(ValueError, r'clients \[1\] have weights \[-2.0\]'):
+      agg.update(x, w, agg.init(None))
+    out, _, _, diag = jax.jit(agg.update)(x, w, agg.init(None))   # traced: documented as absent
+    self.assertEqual(int(diag['num_excluded']), 1)
+    np.testing.assert_allclose(out['x'][0], [(0.0 + 2.0 + 3.0) / 3], rtol=1e-6)
+
+  @parameterized.parameters('mean', 'median_network', 'krum', 'bulyan')
+  def test_integer_leaf_is_rejected(self, name):
+    tree = {'f': jnp.zeros((C, 2)), 'steps': jnp.ones((C, 3), jnp.int32)}
+    with self.assertRaisesRegex(ValueError, r"\['steps'\] has dtype int32"):
+      run(name, tree, jnp.ones((C,)))
+
+  @parameterized.parameters('krum', 'multi_krum', 'bulyan')
+  def test_huge_finite_update_is_excluded_not_nan(self, name):
+    # |u| = 1e30 is finite in float32 but its squared norm is not: the client
+    # is treated as non-finite, so the rankings stay finite and it is never chosen.
+    tree = make_tree(C, seed=14)
+    huge = jax.tree.map(lambda x: x.at[4].set(1e30), tree)
+    out, ow, _, diag = run(name, huge, jnp.ones((C,)))
+    # The reference: the same stack with client 4 absent (weight 0; compiled once).
+    ref, ref_w, _, ref_diag = run(name, tree, jnp.ones((C,)).at[4].set(0.0))
+    self.assertFalse(bool(diag['selected'][4]))
+    self.assertEqual(int(diag['num_excluded']), 1)
+    scores = np.asarray(diag['scores'])
+    self.assertFalse(np.isnan(scores).any())
+    self.assertTrue(np.isfinite(np.delete(scores, 4)).all())
+    assert_tree_close(self, out, ref, atol=2e-5)
+    np.testing.assert_allclose(ow, ref_w, rtol=1e-6)
+    np.testing.assert_array_equal(diag['selected'], ref_diag['selected'])
+
+
 class BadHyperParametersTest(parameterized.TestCase):
 
   @parameterized.named_parameters(

@@ -5,7 +5,11 @@ Conventions used by every rule in this package:
 * a client is *present* when its update and its weight are finite and its
   weight is positive; every other client is *absent* and is ignored by the
   rule exactly as if it had not been in the stack (the non-finite rule of
-  :mod:`fl_jax.aggregators.base`, extended to zero weights);
+  :mod:`fl_jax.aggregators.base`, extended to zero weights). A concrete
+  negative weight is an error; under ``jit`` the weights are traced, cannot
+  be checked, and a negative one makes its client absent;
+* updates are floating-point (an integer leaf is an error, see
+  :func:`num_clients`);
 * the number of clients ``C`` is static (leading axis of the stack), the number
   of present clients ``n`` is a traced scalar;
 * per leaf, a stacked ``[C, *shape]`` array is viewed as a matrix ``[C, L]``
@@ -16,6 +20,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fl_jax import tree_math
 from fl_jax.types import is_traced
@@ -57,10 +62,25 @@ def check_float(name: str, value, *, positive: bool = False,
 
 
 def num_clients(updates, weights) -> int:
-  """Static number of clients ``C``; checks the stack and the weights agree."""
-  leaves = jax.tree.leaves(updates)
-  if not leaves:
+  """Static number of clients ``C``; checks the stack and the weights.
+
+  Raises:
+    ValueError: the leaves disagree on the client axis, the weights have
+      another shape, a leaf is not floating-point (a rule's weighted or
+      robust average cast back to an integer dtype would be truncated; cast
+      such leaves to a float dtype first), or a concrete weight is negative
+      (a traced negative weight cannot be checked and counts as absent, like
+      a zero weight).
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(updates)
+  if not flat:
     raise ValueError('the stacked updates hold no arrays')
+  for path, x in flat:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      raise ValueError(f'update leaf {jax.tree_util.keystr(path) or "<root>"} has dtype '
+                       f'{jnp.result_type(x)}; aggregation needs floating-point updates '
+                       '(an integer average would be truncated): cast it to a float dtype')
+  leaves = [x for _, x in flat]
   lead = {x.shape[0] if x.ndim else None for x in leaves}
   if len(lead) != 1 or None in lead:
     raise ValueError(f'every leaf needs the same leading client axis, got {sorted(lead, key=str)}')
@@ -69,6 +89,12 @@ def num_clients(updates, weights) -> int:
     raise ValueError(f'weights must have shape ({c},), got {jnp.shape(weights)}')
   if c < 1:
     raise ValueError('the stack holds no clients')
+  if not is_traced(weights):
+    w = np.asarray(weights)
+    negative = np.flatnonzero(w < 0)
+    if negative.size:
+      raise ValueError(f'weights must be >= 0 (a client weight is its sample count); '
+                       f'clients {negative.tolist()} have weights {w[negative].tolist()}')
   return c
 
 

@@ -6,7 +6,7 @@ from jax import lax
 from fl_jax.aggregators import _common
 from fl_jax.aggregators import _order_stats
 from fl_jax.aggregators.base import Aggregator, stateless_init
-from fl_jax.aggregators.krum import pairwise_sq_distances, SortedDistances
+from fl_jax.aggregators.krum import distance_matrix, SortedDistances
 from fl_jax.aggregators.median import median_block
 
 
@@ -66,8 +66,10 @@ def bulyan(num_byzantine: int) -> Aggregator:
   coordinate stage is exact (bisection on the float keys, blockwise).
   Unweighted: data sizes only decide presence.
 
-  Non-finite or zero-weight clients are never members of ``R`` or ``S``; ``n``
-  is traced. If exclusions leave ``n < 4f + 3`` the sizes are clipped
+  Non-finite or zero-weight clients, and finite ones too large for float32
+  distances (treated as non-finite, see
+  :func:`fl_jax.aggregators.krum.pairwise_sq_distances`), are never members of
+  ``R`` or ``S``; ``n`` is traced. If exclusions leave ``n < 4f + 3`` the sizes are clipped
   (``theta = max(n - 2f, 1)``, ``beta = max(theta - 2f, 1)``) and the
   Byzantine guarantee no longer holds. With ``n = 0`` the result is the zero
   update.
@@ -92,10 +94,11 @@ def bulyan(num_byzantine: int) -> Aggregator:
       raise ValueError(f'bulyan needs C >= 4f + 3 clients: got C={c} with '
                        f'num_byzantine f={f} (needs C >= {4 * f + 3})')
     weights, present, _ = _common.prepare(updates, weights)
+    dist, present = distance_matrix(updates, present)
     n = jnp.sum(present.astype(jnp.int32))
     theta = jnp.minimum(jnp.maximum(n - 2 * f, 1), n)
     beta = jnp.maximum(theta - 2 * f, 1)
-    dist = SortedDistances(pairwise_sq_distances(updates, present))
+    dist = SortedDistances(dist)
     first_scores, _ = dist.scores(present, f)
 
     def step(t, carry):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from fl_jax import tree_math
 from fl_jax.aggregators import _common
 from fl_jax.aggregators.base import Aggregator, stateless_init
+from fl_jax.types import is_traced
 
 
 def pairwise_sq_distances(updates, present):
@@ -22,6 +23,14 @@ def pairwise_sq_distances(updates, present):
   of differences). Negative round-off is clipped at 0, the diagonal is exactly
   0 and the matrix is symmetrised. Rows and columns of absent clients are
   ``+inf``.
+
+  Finite but huge updates: a present client whose centred squared norm
+  exceeds ``finfo(float32).max / (4 C)`` (norm above ~9e17 for ``C = 100``)
+  is treated as non-finite, i.e. absent: its row and column are ``+inf`` and
+  its diagonal entry too, so callers read the clients that remain present
+  as ``isfinite(diag(d))``. Below that bound every distance is at most
+  ``(|a| + |b|)^2 <= finfo.max / C`` and a sum of ``C`` of them (a Krum score)
+  stays finite, so no ``inf - inf = NaN`` or overflow reaches a ranking.
 
   Args:
     updates: stacked updates ``[C, ...]``; rows of absent clients may hold
@@ -42,11 +51,23 @@ def pairwise_sq_distances(updates, present):
     m = m - jnp.where(ref_ok, m[ref], 0.0)[None]
     gram = gram + jnp.dot(m, m.T, precision=jax.lax.Precision.HIGHEST)
   sq = jnp.diagonal(gram)
+  # Squares sum to +inf at worst (never NaN); beyond the bound, distances overflow.
+  present = present & (sq <= jnp.finfo(jnp.float32).max / (4.0 * c))
   d = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
   d = 0.5 * (d + d.T)
   d = jnp.where(jnp.eye(c, dtype=bool), 0.0, d)
   both = present[:, None] & present[None, :]
   return jnp.where(both, d, jnp.inf)
+
+
+def distance_matrix(updates, present):
+  """``(pairwise_sq_distances, present)``, ``present`` less the huge clients.
+
+  See :func:`pairwise_sq_distances`: a client whose squared distances would
+  overflow float32 is dropped from ``present`` like a non-finite one.
+  """
+  dist = pairwise_sq_distances(updates, present)
+  return dist, jnp.isfinite(jnp.diagonal(dist))
 
 
 class SortedDistances:
@@ -108,16 +129,20 @@ def multi_krum(num_byzantine: int, m: Optional[int] = None) -> Aggregator:
   broken by the sum of squared distances to all other present clients, then
   by client index.
 
-  Non-finite or zero-weight clients get score ``+inf``, are never selected and
-  are not anyone's neighbour; ``n`` counts the present clients (traced). If
-  exclusions leave fewer than ``2f + 3`` present clients the neighbour count is
-  clipped to at least 1 (the Byzantine guarantee no longer holds) and at most
-  ``n`` clients are selected. With ``n = 0`` the result is the zero update.
+  Non-finite or zero-weight clients, and finite ones too large for float32
+  distances (see :func:`pairwise_sq_distances`), get score ``+inf``, are never
+  selected and are not anyone's neighbour; ``n`` counts the present clients
+  (traced). If exclusions leave fewer than ``2f + 3`` present clients the
+  neighbour count is clipped to at least 1 (the Byzantine guarantee no longer
+  holds) and at most ``n`` clients are selected. With ``n = 0`` the result is
+  the zero update.
 
   Args:
     num_byzantine: ``f >= 0``; the stack must have ``C > 2f + 2`` clients
       (checked at trace time, ValueError).
-    m: number of clients averaged, ``1 <= m <= C``; default ``C - f``.
+    m: number of clients averaged, ``1 <= m <= C``; default ``n - f`` over
+      the *present* clients (at least 1), so that excluding a client does not
+      let the selection reach further into the remaining ones.
 
   Returns:
     An :class:`Aggregator`; ``update(updates[C, ...], weights[C], state)``
@@ -155,12 +180,13 @@ def _krum_rule(name, f, m):
   def update(updates, weights, state):
     c = _common.num_clients(updates, weights)
     _check_krum_clients(name, c, f)
-    m_eff = c - f if m is None else m
-    if m_eff > c:
-      raise ValueError(f'{name}: m={m_eff} exceeds the number of clients C={c}')
+    if m is not None and not is_traced(m) and m > c:
+      raise ValueError(f'{name}: m={m} exceeds the number of clients C={c}')
     weights, present, all_finite = _common.prepare(updates, weights)
+    dist, present = distance_matrix(updates, present)
     n = jnp.sum(present.astype(jnp.int32))
-    order, scores = SortedDistances(pairwise_sq_distances(updates, present)).ranking(present, f)
+    m_eff = jnp.maximum(n - f, 1) if m is None else m
+    order, scores = SortedDistances(dist).ranking(present, f)
     position = jnp.zeros((c,), jnp.int32).at[order].set(jnp.arange(c))
     selected = present & (position < jnp.minimum(m_eff, n))
     w = jnp.where(selected, weights, 0.0)
