@@ -1,8 +1,10 @@
 """Server round: FedAvg by hand, vmap == loop, replay, no retrace, resume."""
+import errno
 import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -160,6 +162,40 @@ class CheckpointTest(absltest.TestCase):
                                     jax.random.key_data(tree['k']))
       with self.assertRaisesRegex(ValueError, 'shape'):
         checkpoint.load(path, {**tree, 'a': jnp.zeros(4)})
+
+  def test_torn_or_foreign_checkpoint_says_what_to_do(self):
+    tree = {'a': jnp.arange(1000.0), 'k': jax.random.key(7)}
+    with tempfile.TemporaryDirectory() as d:
+      path = os.path.join(d, 'c.npz')
+      checkpoint.save(path, tree)
+      raw = open(path, 'rb').read()
+      for name, content in (('torn', raw[:len(raw) // 2]), ('empty', b''),
+                            ('flipped', raw[:200] + bytes(100) + raw[300:]),
+                            ('foreign', b'not a checkpoint at all')):
+        with self.subTest(name):
+          with open(path, 'wb') as f:
+            f.write(content)
+          with self.assertRaisesRegex(checkpoint.CheckpointCorruptError,
+                                      f'checkpoint {path} is corrupt.*delete it.*start over'):
+            checkpoint.load(path, tree)
+
+  def test_failed_save_leaves_no_partial_file_and_keeps_the_old_one(self):
+    tree = {'a': jnp.arange(3.0)}
+    real_savez = np.savez
+    def full_disk(f, **arrays):
+      f.write(b'PK partial')
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    with tempfile.TemporaryDirectory() as d:
+      path = os.path.join(d, 'c.npz')
+      checkpoint.save(path, tree)
+      with mock.patch.object(checkpoint.np, 'savez', full_disk):
+        with self.assertRaisesRegex(OSError, f'{path}.*disk is full.*previous checkpoint is kept'):
+          checkpoint.save(path, {'a': jnp.arange(3.0) + 1})
+      self.assertEqual(os.listdir(d), ['c.npz'])   # no partial .tmp.npz left behind
+      np.testing.assert_array_equal(checkpoint.load(path, tree)['a'], [0., 1., 2.])
+      self.assertIs(checkpoint.np.savez, real_savez)
+      checkpoint.save(path, {'a': jnp.arange(3.0) + 1})   # the next save works
+      np.testing.assert_array_equal(checkpoint.load(path, tree)['a'], [1., 2., 3.])
 
 
 class TrainDriverTest(absltest.TestCase):
