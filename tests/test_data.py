@@ -323,6 +323,21 @@ class TfdsSourceTest(TempDirTestCase):
     self.assertEqual(prepare.call_args.kwargs, {'file_format': 'array_record'})
     self.assertEqual(ds.x.shape, (12, 32, 32, 3))
 
+  def test_offline_without_prepared_copy_gives_how_to_get_the_data(self):
+    # What TFDS raises offline when only the metadata of the data set is known.
+    empty = KeyError("Trying to access `splits['train']` but `splits` is empty. This "
+                     'likely indicates the dataset has not been generated yet.')
+    for name, tfds_name in (('cifar10', 'cifar10'), ('emnist_digits', 'emnist/digits')):
+      with self.subTest(name), mock.patch.object(self.tfds, 'data_source',
+                                                 side_effect=empty) as source:
+        with self.assertRaises(data.DataNotFoundError) as cm:
+          data.load_dataset(name, 'train', data_dir=self.tmp)
+        source.assert_called_once()
+        message = str(cm.exception)
+        for expected in (f"no prepared array-record copy of '{tfds_name}'", '`splits` is empty',
+                         '--data_dir', 'download_and_prepare', 'tfds-prepare'):
+          self.assertIn(expected, message)
+
   def test_local_files_win_over_tfds(self):
     np.savez(self.tmp / 'cifar10_test.npz', x=np.zeros((2, 32, 32, 3),
                                                         np.uint8), y=[1, 2])

@@ -209,7 +209,10 @@ def _load_tfds(name: str, spec: _Spec, split: str,
     source = tfds.data_source(spec.tfds_name, split=split,
                               data_dir=data_dir_arg, download=False)
   except (NotImplementedError, FileNotFoundError, AssertionError,
-          ValueError) as e:
+          ValueError, KeyError) as e:
+    # KeyError: TFDS found the data set's metadata but no generated splits
+    # ("`splits` is empty"), which is what an offline machine without a
+    # prepared copy gets.
     where = data_dir_arg or 'the default TFDS data_dir (TFDS_DATA_DIR or '\
         '~/tensorflow_datasets)'
     reason = (f'no prepared array-record copy of {spec.tfds_name!r} in '
