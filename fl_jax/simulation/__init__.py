@@ -7,4 +7,5 @@ from fl_jax.simulation.round import round_keys
 from fl_jax.simulation.round import RoundMetrics
 from fl_jax.simulation.round import run_clients
 from fl_jax.simulation.round import sample_clients
+from fl_jax.simulation.round import split_by_parameter
 from fl_jax.simulation.round import ServerState

@@ -33,6 +33,7 @@ from fl_jax.client import ClientBatch
 from fl_jax.types import Array, Params, PRNGKey
 
 CLIENT_PARALLEL = ('vmap', 'map')
+AGGREGATE_LAYOUTS = ('params', 'clients')
 
 
 class ServerState(NamedTuple):
@@ -128,12 +129,36 @@ def run_clients(client_update: Callable, params: Params, batch: ClientBatch,
                    f'expected one of {CLIENT_PARALLEL}')
 
 
+def split_by_parameter(stack, mesh: jax.sharding.Mesh):
+  """Constrains each leaf ``[C, *shape]`` to a split along a parameter axis.
+
+  The split axis is the first of ``shape`` whose size divides over the mesh's
+  (single) axis; a leaf with none keeps its sharding. Used inside a jitted
+  program, it makes XLA move a client-split stack to a parameter split with
+  one all-to-all.
+  """
+  (axis,) = mesh.axis_names
+  n = mesh.size
+
+  def one(x):
+    for d in range(1, x.ndim):
+      if x.shape[d] % n == 0:
+        spec = [None] * x.ndim
+        spec[d] = axis
+        return jax.lax.with_sharding_constraint(
+            x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+    return x
+
+  return jax.tree.map(one, stack)
+
+
 def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
                   num_clients: int, clients_per_round: int, seed: int,
                   client_parallel: Optional[str] = None,
                   chunk_size: Optional[int] = None, attack: Optional[Attack] = None,
                   defender: Any = None, jit: bool = True,
-                  client_sharding: Optional[jax.sharding.NamedSharding] = None) -> Callable:
+                  client_sharding: Optional[jax.sharding.NamedSharding] = None,
+                  aggregate_layout: str = 'params') -> Callable:
   """Builds ``round_fn(state, data, attack_data=None, defender_data=None)``.
 
   ``round_fn`` returns ``(new_state, RoundMetrics)``.
@@ -159,6 +184,16 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
       aggregator reduces over a client-sharded stack (XLA inserts the
       collectives). ``m`` must be a multiple of ``D``. Same results as
       unsharded, to float rounding.
+    aggregate_layout: with ``client_sharding``, how the stack of updates is
+      split when the aggregator sees it. ``'params'`` (default): one
+      all-to-all moves it from a split by client to a split by parameter
+      (each leaf along its first axis that divides over the devices), so
+      every rule works on whole columns of clients and only its result is
+      gathered: about ``m / D + 2`` updates move per device for every rule.
+      ``'clients'``: the rule runs on the client split as it is; a weighted
+      mean then needs only an all-reduce (2 updates per device for any
+      ``m``), but order statistics and Krum gather the whole stack (``m``
+      updates per device). ``python benchmarks/collectives.py`` prints both.
 
   ``data`` is a :class:`fl_jax.data.ClientData`-like object with fields
   ``x[K, n, ...]``, ``y[K, n]``, ``mask[K, n]``, ``num_examples[K]``; it is an
@@ -184,6 +219,13 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
     split = lambda tree: jax.lax.with_sharding_constraint(tree, client_sharding)
   else:
     split = lambda tree: tree
+  if aggregate_layout not in AGGREGATE_LAYOUTS:
+    raise ValueError(f'aggregate_layout={aggregate_layout!r}; expected one of '
+                     f'{AGGREGATE_LAYOUTS}')
+  if client_sharding is not None and aggregate_layout == 'params':
+    to_rule = lambda tree: split_by_parameter(tree, client_sharding.mesh)
+  else:
+    to_rule = lambda tree: tree
   seed_key = jax.random.key(seed)
 
   def round_fn(state: ServerState, data, attack_data=None, defender_data=None) -> tuple:
@@ -205,7 +247,7 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
     if attack is not None:
       updates, weights, info = attack.apply(state.params, updates, weights, ids,
                                             attack_key, state.round, attack_data)
-    agg_update, agg_state, diag = agg_lib.aggregate(aggregator, updates, weights,
+    agg_update, agg_state, diag = agg_lib.aggregate(aggregator, to_rule(updates), weights,
                                                     state.agg_state)
     params = tree_math.tree_add(state.params, agg_update)
     defender_state, dinfo = state.defender_state, {}

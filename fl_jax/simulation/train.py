@@ -11,7 +11,16 @@ keys), runs the rounds, evaluates every ``eval_every`` rounds and writes
 * ``workdir/checkpoint.npz`` -- the server state, every ``checkpoint_every``
   rounds and at the end. ``resume=True`` continues from it; because every key
   derives from ``(seed, round)``, a resumed run ends with the same model as an
-  uninterrupted one.
+  uninterrupted one. A resume refuses a config that differs from the stored
+  ``config.json`` in other keys than :data:`RESUME_SAFE_KEYS` (or those the
+  caller allows), and fewer ``rounds`` than the checkpoint holds;
+* ``workdir/events.out.tfevents.*`` -- the ``metrics.jsonl`` scalars as
+  TensorBoard events (``tensorboard --logdir workdir``).
+
+Float settings must be finite and in range (:data:`FLOAT_RANGES`); a round
+that leaves the global model non-finite, or whose sampled clients all report
+a non-finite loss, stops the run with :class:`TrainingDivergedError` naming
+the round and the likely cause.
 
 Library code never reads flags; ``launch/train.py`` only parses them.
 """
@@ -31,6 +40,7 @@ from fl_jax import client as client_lib
 from fl_jax import data as data_lib
 from fl_jax import metrics as metrics_lib
 from fl_jax import models as models_lib
+from fl_jax import tree_math
 from fl_jax.metrics.writer import JsonlWriter, to_jsonable
 from fl_jax.simulation import checkpoint as ckpt_lib
 from fl_jax.simulation import distributed
@@ -57,6 +67,70 @@ EDGE_KEYS = (
 ATTACK_SCHEDULES = ('fixed_pool', 'fixed_frequency')
 
 CHECKPOINT = 'checkpoint.npz'
+# Keys a resumed run may change: they decide how long the run is and when it
+# evaluates or saves, never what a round computes (every key derives from
+# (seed, round), and evaluation keys from (seed + 1, round)).
+RESUME_SAFE_KEYS = ('rounds', 'eval_every', 'checkpoint_every')
+# (low, high, low inclusive, high inclusive) of float settings; an unlisted
+# float only needs to be finite. SGD learning rates above 10 diverge on every
+# model of fl_jax.models; images are in [0, 1], so radii and magnitudes are too.
+FLOAT_RANGES = {
+    'lr': (0.0, 10.0, False, True),
+    'attack_lr': (0.0, 10.0, True, True),
+    'distill_lr': (0.0, 10.0, True, True),
+    'adaptive_lr': (0.0, 10.0, True, True),
+    'lr_decay': (0.0, 1.0, False, True),
+    'delta_decay': (0.0, 1.0, False, True),
+    'momentum': (0.0, 1.0, True, False),
+    'weight_decay': (0.0, 1.0, True, False),
+    'dirichlet_alpha': (0.0, float('inf'), False, False),
+    'adv_eps': (0.0, 1.0, True, True),
+    'adv_step_size': (0.0, 1.0, True, True),
+    'adv_fraction': (0.0, 1.0, True, True),
+    'adaptive_eps': (0.0, 1.0, True, True),
+    'eval_pgd_eps': (0.0, 1.0, True, True),
+    'defender_cert_eps': (0.0, 1.0, True, True),
+    'backdoor_magnitude': (0.0, 1.0, True, True),
+    'backdoor_poison_fraction': (0.0, 1.0, True, True),
+    'backdoor_adv_fraction': (0.0, 1.0, True, True),
+    'edge_attacker_share': (0.0, 1.0, True, True),
+    'defender_acc_ratio': (0.0, 1.0, True, True),
+    'norm_bound': (0.0, float('inf'), True, False),
+    'dp_sigma': (0.0, float('inf'), True, False),
+    'model_width': (0.0, float('inf'), False, False),
+}
+
+
+def _floats(key: str, value):
+  """``(name, float)`` of every float in ``value`` (a number or nested sequence)."""
+  if isinstance(value, bool) or is_traced(value):
+    return []
+  if isinstance(value, float) or isinstance(value, np.floating):
+    return [(key, float(value))]
+  if isinstance(value, (list, tuple)):
+    return [item for i, v in enumerate(value) for item in _floats(f'{key}[{i}]', v)]
+  return []
+
+
+def check_float_settings(cfg: Mapping[str, Any]) -> None:
+  """Raises ValueError naming the first non-finite or out-of-range float setting.
+
+  Every float of the config (and of its tuples, e.g. ``eval_pgd_eps``) must
+  be finite; the keys of :data:`FLOAT_RANGES` must also lie in their range.
+  Traced values (a vectorized sweep's per-run settings) are checked by the
+  sweep on the host before tracing.
+  """
+  for key in sorted(cfg):
+    bounds = FLOAT_RANGES.get(key)
+    for name, v in _floats(key, cfg[key]):
+      if not np.isfinite(v):
+        raise ValueError(f'{name} must be finite, got {v!r}')
+      if bounds is None:
+        continue
+      lo, hi, lo_in, hi_in = bounds
+      if (v < lo or (v == lo and not lo_in)) or (v > hi or (v == hi and not hi_in)):
+        interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+        raise ValueError(f'{name} must be in {interval}, got {v!r}')
 
 
 def config_to_dict(config) -> dict:
@@ -77,6 +151,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
   for k in ('num_cert', 'num_val', 'client_pool_size', 'chunk_size'):
     if not isinstance(cfg[k], int) or cfg[k] < 0:
       raise ValueError(f'{k} must be a non-negative int, got {cfg[k]!r}')
+  check_float_settings(cfg)
   if cfg['clients_per_round'] > cfg['num_clients']:
     raise ValueError(f"clients_per_round ({cfg['clients_per_round']}) must be <= "
                      f"num_clients ({cfg['num_clients']})")
@@ -434,7 +509,8 @@ def build_round(cfg: Mapping[str, Any], model: models_lib.Model, cert, val, *,
       clients_per_round=cfg['clients_per_round'], seed=cfg['seed'],
       client_parallel=cfg['client_parallel'] or None,
       chunk_size=cfg['chunk_size'] or None, attack=attack, defender=defender, jit=jit,
-      client_sharding=client_sharding(cfg))
+      client_sharding=client_sharding(cfg),
+      aggregate_layout=cfg.get('aggregate_layout', 'params'))
   return RoundParts(client_update, aggregator, attack, defender, round_fn, trigger)
 
 
@@ -583,24 +659,144 @@ def place_round_data(exp: Experiment):
   return jax.tree.map(place, (exp.clients, exp.defender_data))
 
 
+class TrainingDivergedError(FloatingPointError):
+  """A round left the global model, or every sampled client's loss, non-finite."""
+
+
+def check_round_finite(cfg: Mapping[str, Any], round_idx: int, model_finite: bool,
+                       client_losses, last_checkpoint: int = 0) -> None:
+  """Raises :class:`TrainingDivergedError` naming the round and the likely cause.
+
+  Args:
+    cfg: the run's config (its settings are quoted in the message).
+    round_idx: rounds done, counting this one.
+    model_finite: whether every parameter of the new global model is finite.
+    client_losses: ``[m]`` local training losses of the round's sampled clients.
+    last_checkpoint: the round the checkpoint holds (named as the way back).
+
+  The model stops being finite when an aggregate overflows it; every client
+  loss is non-finite when local training diverges, which every rule then
+  excludes, so the model no longer moves.
+  """
+  lr = (f"lr={cfg['lr']!r}, lr_decay={cfg['lr_decay']!r}, momentum={cfg['momentum']!r}, "
+        f"local_epochs={cfg['local_epochs']!r}")
+  back = (f'; the checkpoint holds round {last_checkpoint}, from before this round'
+          if last_checkpoint else '')
+  if not model_finite:
+    raise TrainingDivergedError(
+        f'round {round_idx}: the global model became non-finite (NaN or Inf) and the run '
+        f'is stopped. Likely cause: local training diverged ({lr}) or aggregator '
+        f"{cfg['aggregator']!r} (norm_bound={cfg['norm_bound']!r}) let an overflowing "
+        f'update through; lower lr or clip updates with norm_bound{back}.')
+  if not np.isfinite(np.asarray(client_losses)).any():
+    raise TrainingDivergedError(
+        f'round {round_idx}: the local training loss of every sampled client is '
+        f'non-finite, so every update was excluded and the model no longer learns; the '
+        f'run is stopped. Likely cause: local training diverged ({lr}); lower lr{back}.')
+
+
+def resume_differences(stored: Mapping[str, Any], cfg: Mapping[str, Any],
+                       allow=()) -> list:
+  """Keys whose values differ between a stored ``config.json`` and ``cfg``.
+
+  Both are compared as JSON (tuples as lists); a key present in only one of
+  them differs. Keys in :data:`RESUME_SAFE_KEYS` or ``allow`` are left out.
+  """
+  a, b = to_jsonable(dict(stored)), to_jsonable(dict(cfg))
+  skip = set(RESUME_SAFE_KEYS) | set(allow)
+  return sorted(k for k in set(a) | set(b)
+                if k not in skip and (k not in a or k not in b or a[k] != b[k]))
+
+
+def _check_resume(workdir: str, cfg: Mapping[str, Any], allow) -> None:
+  """Raises ValueError when ``cfg`` changes keys of the stored run that ``allow`` does not."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found beside the checkpoint: cannot check that the '
+                            'resumed run has the same config; start in a new workdir')
+  with open(path) as f:
+    stored = json.load(f)
+  diff = resume_differences(stored, cfg, allow)
+  if diff:
+    shown = ', '.join(f'{k}: {stored.get(k, "<absent>")!r} -> {to_jsonable(cfg.get(k, "<absent>"))!r}'
+                      for k in diff)
+    raise ValueError(
+        f'cannot resume {workdir}: the config differs from the stored config.json in '
+        f'{diff} ({shown}). Resuming would continue the old run with other settings. '
+        f'Use a new workdir, restore those values, or allow the keys explicitly '
+        f'(resume_allow={diff}; --resume_allow={",".join(diff)} in launch.train).')
+
+
+def _load_resume_state(ckpt_path: str, state):
+  """``(state, elapsed, pending)`` of a checkpoint; ``pending`` = [loss sum, rounds].
+
+  ``pending`` is the sum of the per-round mean train losses since the last
+  logged evaluation and their count; a checkpoint written without it (by
+  the vectorized sweep) gives zeros.
+  """
+  pending0 = np.zeros(2, np.float64)
+  try:
+    state, elapsed, pending = ckpt_lib.load(ckpt_path, (state, np.float64(0.0), pending0))
+  except ckpt_lib.CheckpointCorruptError:
+    raise
+  except ValueError:
+    state, elapsed = ckpt_lib.load(ckpt_path, (state, np.float64(0.0)))
+    pending = pending0
+  return state, float(elapsed), np.asarray(pending, np.float64)
+
+
+def format_duration(seconds: float) -> str:
+  """``'1:02:03'`` (h:mm:ss) or ``'2:03'`` (m:ss) of a non-negative duration."""
+  seconds = max(int(round(seconds)), 0)
+  h, rest = divmod(seconds, 3600)
+  m, sec = divmod(rest, 60)
+  return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'
+
+
+def progress_line(round_idx: int, rounds: int, metrics: Mapping[str, float], train_loss: float,
+                  rounds_per_second: float) -> str:
+  """The progress line of an evaluation: metrics, speed and time left.
+
+  The time left assumes the speed of the window since the last evaluation.
+  """
+  extras = ' '.join(f'{k}={v:.4f}' for k, v in metrics.items() if k != 'test_accuracy')
+  eta = (rounds - round_idx) / rounds_per_second if rounds_per_second > 0 else float('inf')
+  eta_s = format_duration(eta) if np.isfinite(eta) else '?'
+  return (f"round {round_idx:5d}/{rounds}  test_acc={metrics['test_accuracy']:.4f}  "
+          f'train_loss={train_loss:.4f}  {extras}  {rounds_per_second:.2f} rounds/s  '
+          f'ETA {eta_s}')
+
+
+_all_finite = jax.jit(tree_math.tree_all_finite)
+
+
 def train(config, workdir: str, resume: bool = False,
-          log: Callable[[str], None] = _log) -> dict:
+          log: Callable[[str], None] = _log, resume_allow=()) -> dict:
   """Runs a federated experiment; returns the summary dict.
 
   Args:
     config: dict or ConfigDict (see ``launch/configs/mnist_fedavg.py``).
     workdir: output folder (created).
-    resume: continue from ``workdir/checkpoint.npz`` if it exists.
+    resume: continue from ``workdir/checkpoint.npz`` if it exists. The config
+      must equal the stored ``config.json`` except for
+      :data:`RESUME_SAFE_KEYS` and ``resume_allow``, and ask for at least the
+      rounds the checkpoint holds (ValueError otherwise). A finished run
+      resumed with the same rounds runs nothing and keeps its summary.
     log: progress printer.
+    resume_allow: further config keys a resume may change.
+
+  Raises:
+    TrainingDivergedError: a round left the model or every client loss
+      non-finite (see :func:`check_round_finite`).
   """
   t_start = time.time()
   exp = build_experiment(config)
   cfg = exp.config
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(to_jsonable(cfg), f, indent=2, sort_keys=True)
-  writer = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
   ckpt_path = os.path.join(workdir, CHECKPOINT)
+  resuming = resume and os.path.exists(ckpt_path)
+  if resuming:
+    _check_resume(workdir, cfg, resume_allow)
 
   if cfg['init_checkpoint']:
     params0, init_cfg = load_init_checkpoint(cfg)
@@ -612,10 +808,17 @@ def train(config, workdir: str, resume: bool = False,
     defender_state = exp.defender.init(params0, exp.defender_data,
                                        jax.random.key(cfg['seed'] + 2))
   state = init_server_state(params0, exp.aggregator, defender_state=defender_state)
-  elapsed_before = 0.0
-  if resume and os.path.exists(ckpt_path):
-    state, elapsed_before = ckpt_lib.load(ckpt_path, (state, np.float64(0.0)))
-    elapsed_before = float(elapsed_before)
+  elapsed_before, pending = 0.0, np.zeros(2, np.float64)
+  if resuming:
+    state, elapsed_before, pending = _load_resume_state(ckpt_path, state)
+    if int(state.round) > cfg['rounds']:
+      raise ValueError(f"rounds={cfg['rounds']} is fewer than the {int(state.round)} rounds "
+                       f'the checkpoint in {workdir} already holds; ask for at least '
+                       f'{int(state.round)} rounds or use a new workdir')
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(to_jsonable(cfg), f, indent=2, sort_keys=True)
+  writer = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), tensorboard_dir=workdir)
+  if resuming:
     writer.truncate_after(int(state.round))
     log(f'resumed from {ckpt_path} at round {int(state.round)}')
   elif os.path.exists(writer.path):
@@ -624,45 +827,58 @@ def train(config, workdir: str, resume: bool = False,
   data, defender_data = place_round_data(exp)
   per_round = exp.attack is not None or exp.defender is not None
   round_writer = JsonlWriter(os.path.join(workdir, 'rounds.jsonl'))
-  if resume and os.path.exists(ckpt_path):
+  if resuming:
     round_writer.truncate_after(int(state.round))
   elif os.path.exists(round_writer.path):
     os.remove(round_writer.path)
   rounds = cfg['rounds']
-  losses, last = [], None
+  # Per-round mean train losses since the last evaluation (float64, on the host,
+  # so that a resumed run sums them in the same order as an uninterrupted one).
+  loss_sum, loss_count = float(pending[0]), int(pending[1])
+  last = None
+  last_ckpt = int(state.round)
   t_loop = time.time()
   t_window, r_window = time.time(), int(state.round)
-  while int(state.round) < rounds:
-    state, rm = exp.round_fn(state, data, exp.attack_data, defender_data)
-    losses.append(rm.train_loss)
-    r = int(state.round)  # rounds done
-    if per_round:  # every attack and every defender decision, with its figures
-      rec = {'round': r, **round_record(rm, attack=exp.attack is not None,
-                                        defender=exp.defender is not None)}
-      if exp.defender is not None:
-        rec['defender/reason'] = defender_reason(rec)
-      round_writer.write(rec)
-    if r % cfg['eval_every'] == 0 or r == rounds:
-      ev = evaluate(exp, state.params, r)
-      train_loss = float(jnp.mean(jnp.stack(losses)))
-      losses = []
-      now = time.time()
-      rps = (r - r_window) / max(now - t_window, 1e-9)
-      t_window, r_window = now, r
-      elapsed = elapsed_before + now - t_loop
-      last = {'round': r, **ev, 'train_loss': train_loss,
-              'elapsed_seconds': elapsed, 'rounds_per_second': rps,
-              'update_norm_mean': float(jnp.mean(rm.update_norms)),
-              'aggregate_norm': float(rm.aggregate_norm)}
-      writer.write(last)
-      extras = ' '.join(f'{k}={v:.4f}' for k, v in ev.items() if k != 'test_accuracy')
-      log(f"round {r:5d}/{rounds}  test_acc={ev['test_accuracy']:.4f}  "
-          f'train_loss={train_loss:.4f}  {extras}  {rps:.2f} rounds/s')
-    if r % cfg['checkpoint_every'] == 0 or r == rounds:
-      ckpt_lib.save(ckpt_path, (state, np.float64(elapsed_before + time.time() - t_loop)))
+  try:
+    while int(state.round) < rounds:
+      state, rm = exp.round_fn(state, data, exp.attack_data, defender_data)
+      r = int(state.round)  # rounds done
+      client_losses = np.asarray(rm.train_loss)
+      check_round_finite(cfg, r, bool(_all_finite(state.params)), client_losses, last_ckpt)
+      loss_sum += float(np.mean(client_losses, dtype=np.float64))
+      loss_count += 1
+      if per_round:  # every attack and every defender decision, with its figures
+        rec = {'round': r, **round_record(rm, attack=exp.attack is not None,
+                                          defender=exp.defender is not None)}
+        if exp.defender is not None:
+          rec['defender/reason'] = defender_reason(rec)
+        round_writer.write(rec)
+      if r % cfg['eval_every'] == 0 or r == rounds:
+        ev = evaluate(exp, state.params, r)
+        train_loss = loss_sum / loss_count
+        loss_sum, loss_count = 0.0, 0
+        now = time.time()
+        rps = (r - r_window) / max(now - t_window, 1e-9)
+        t_window, r_window = now, r
+        elapsed = elapsed_before + now - t_loop
+        last = {'round': r, **ev, 'train_loss': train_loss,
+                'elapsed_seconds': elapsed, 'rounds_per_second': rps,
+                'update_norm_mean': float(jnp.mean(rm.update_norms)),
+                'aggregate_norm': float(rm.aggregate_norm)}
+        writer.write(last)
+        log(progress_line(r, rounds, ev, train_loss, rps))
+      if r % cfg['checkpoint_every'] == 0 or r == rounds:
+        ckpt_lib.save(ckpt_path, (state, np.float64(elapsed_before + time.time() - t_loop),
+                                  np.array([loss_sum, loss_count], np.float64)))
+        last_ckpt = r
+  finally:
+    writer.close()
 
-  if last is None:  # nothing left to run: evaluate the restored model
-    last = {'round': int(state.round), **evaluate(exp, state.params, int(state.round))}
+  if last is None:  # nothing left to run: the last evaluation, else the restored model
+    done = int(state.round)
+    rows = [row for row in (metrics_lib.read_jsonl(writer.path)
+                            if os.path.exists(writer.path) else []) if row.get('round') == done]
+    last = rows[-1] if rows else {'round': done, **evaluate(exp, state.params, done)}
   summary = {**{k: v for k, v in last.items() if k not in ('rounds_per_second',)},
              'rounds': int(state.round),
              'wall_seconds': time.time() - t_start,

@@ -34,6 +34,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.client_parallel = ''    # '' = by backend (map on CPU, vmap on GPU/TPU)
   c.chunk_size = 0          # clients per vmapped chunk for 'map' (0 = 1)
   c.client_devices = 1      # devices the sampled clients split over (-1 = all; one run only)
+  c.aggregate_layout = 'params'  # with client_devices: the rule sees the stack split by
+                                 # parameter ('params') or by client ('clients')
   # Model and local training.
   c.model = 'mnist_cnn'
   c.conv_impl = ''          # '' = by backend (patches on CPU, xla elsewhere)
