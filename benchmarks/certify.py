@@ -18,10 +18,23 @@ models are used. The points are the first test images (MNIST from the
 repo's data folder; CIFAR-10 if it is available, else uniform noise of the
 right shape).
 
+``--layouts`` instead certifies the paper's MNIST CNN written three ways --
+(a) ``fl_jax.models``' own module, (b) a plain-JAX NCHW / OIHW function
+with explicit padding and VALID convolutions (as a PyTorch port reads),
+(c) a ``flax.linen`` NHWC module -- with the same weights (``--mnist_weights``
+or freshly initialised), ``chunk_size`` left at its default, and then at
+every ``--layout_chunks`` size, on ``--num_points`` MNIST test points at
+every eps, and prints ms per point, GFLOP per point that ran and the plan
+(``certification.explain``). ``--baseline=MODULE`` times an importable copy
+of another version of the certification package alongside, setting by
+setting, so the two are measured back to back in one run.
+
   python benchmarks/certify.py
   python benchmarks/certify.py --models=mnist_cnn --chunk_sizes=10,50 \
       --eps=0.02,0.1 --num_points=100
+  python benchmarks/certify.py --layouts --mnist_weights=/tmp/w.npz
 """
+import importlib
 import os
 import resource
 import sys
@@ -31,6 +44,7 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from fl_jax import certification
@@ -60,6 +74,18 @@ _STRATEGIES = flags.DEFINE_list(
     '(auto | backward | forward; see certification.certify).')
 _RAN = flags.DEFINE_bool('count_ran', True, 'Also count the FLOPs that ran '
                           'at each eps (one extra, uncached compile each).')
+_LAYOUTS = flags.DEFINE_bool(
+    'layouts', False, 'Certify the MNIST CNN written three ways (fl_jax '
+    'module, plain-JAX NCHW / OIHW with VALID convs, flax.linen NHWC) at the '
+    'default chunking and at --layout_chunks.')
+_LAYOUT_CHUNKS = flags.DEFINE_list(
+    'layout_chunks', ['10', '25', '50', '100'],
+    'Forced chunk sizes timed next to the default in --layouts.')
+_BASELINE = flags.DEFINE_string(
+    'baseline', '', '--layouts: an importable module holding another version '
+    'of fl_jax.certification, timed setting by setting next to this one.')
+_BASELINE_PATH = flags.DEFINE_string(
+    'baseline_path', '', 'Folder added to sys.path to import --baseline.')
 _VS_CPU = flags.DEFINE_bool('compare_cpu', False, 'On an accelerator: also '
                             'certify on the host CPU and print the largest '
                             'difference of the certifiable losses.')
@@ -103,8 +129,167 @@ def _peak_device_mib() -> str:
   return '' if peak is None else f', device peak {peak / 2**20:.0f} MiB'
 
 
+# --- the MNIST CNN written three ways (--layouts) ----------------------------
+
+def _nchw_apply(p, x):
+  """The MNIST CNN as a PyTorch port reads: NCHW / OIHW, pad then VALID."""
+  dn = ('NCHW', 'OIHW', 'NCHW')
+  h = x                                                   # [B, 1, 28, 28]
+  for name in ('conv1', 'conv2'):
+    h = jnp.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    h = lax.conv_general_dilated(h, p[name]['weight'], (2, 2), 'VALID',
+                                 dimension_numbers=dn)
+    h = jax.nn.relu(h + p[name]['bias'][None, :, None, None])
+  h = jax.nn.relu(h.reshape(h.shape[0], -1) @ p['fc1']['weight'].T
+                  + p['fc1']['bias'])                     # (C, H, W) flatten
+  return h @ p['fc2']['weight'].T + p['fc2']['bias']
+
+
+def _linen_module():
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+
+  class LinenCNN(nn.Module):
+    """The MNIST CNN as a ``flax.linen`` NHWC module."""
+
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(16, (4, 4), strides=2, padding=1)(x))
+      x = nn.relu(nn.Conv(32, (4, 4), strides=2, padding=1)(x))
+      x = nn.relu(nn.Dense(1000)(x.reshape(x.shape[0], -1)))
+      return nn.Dense(10)(x)
+  return LinenCNN()
+
+
+_LINEN = []
+
+
+def _linen_apply(p, x):
+  if not _LINEN:
+    _LINEN.append(_linen_module())
+  return _LINEN[0].apply(p, x)
+
+
+def _layouts(params):
+  """``[(name, apply, params, to_layout(x))]``: one function, three writings.
+
+  ``params``: the ``fl_jax.models`` MNIST CNN's (HWIO kernels, NHWC
+  flatten); the other two get the same weights rearranged.
+  """
+  fl = models.get_model('mnist_cnn', (28, 28, 1), 10)
+  k = {n: params[n]['kernel'] for n in params}
+  b = {n: params[n]['bias'] for n in params}
+  oihw = lambda w: jnp.transpose(w, (3, 2, 0, 1))
+  fc1_chw = k['fc1'].reshape(7, 7, 32, -1).transpose(2, 0, 1, 3).reshape(
+      7 * 7 * 32, -1)
+  p_nchw = {'conv1': {'weight': oihw(k['conv1']), 'bias': b['conv1']},
+            'conv2': {'weight': oihw(k['conv2']), 'bias': b['conv2']},
+            'fc1': {'weight': fc1_chw.T, 'bias': b['fc1']},
+            'fc2': {'weight': k['fc2'].T, 'bias': b['fc2']}}
+  names = {'conv1': 'Conv_0', 'conv2': 'Conv_1', 'fc1': 'Dense_0',
+           'fc2': 'Dense_1'}
+  p_linen = {'params': {names[n]: {'kernel': k[n], 'bias': b[n]}
+                        for n in params}}
+  nhwc = lambda x: x
+  nchw = lambda x: jnp.transpose(x, (0, 3, 1, 2))
+  return [('fl_jax module (NHWC)', fl.apply, params, nhwc),
+          ('plain JAX NCHW/OIHW VALID', _nchw_apply, p_nchw, nchw),
+          ('flax.linen NHWC', _linen_apply, p_linen, nhwc)]
+
+
+def _time(cert, apply_fn, params, x, y, eps, chunk, repeats):
+  """(first call s, fastest later call s, certified accuracy)."""
+  kw = {} if chunk is None else {'chunk_size': chunk}
+  t0 = time.perf_counter()
+  res = jax.block_until_ready(cert.certify(apply_fn, params, x, y, eps, **kw))
+  first = time.perf_counter() - t0
+  best = float('inf')
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(cert.certify(apply_fn, params, x, y, eps,
+                                             **kw))
+    best = min(best, time.perf_counter() - t0)
+  acc = float(np.mean(np.asarray(res.certified & res.correct)))
+  return first, best, acc
+
+
+def _run_layouts(params, x, y):
+  baseline = None
+  if _BASELINE.value:
+    if _BASELINE_PATH.value:
+      sys.path.insert(0, _BASELINE_PATH.value)
+    baseline = importlib.import_module(_BASELINE.value)
+    print(f'baseline: {_BASELINE.value} ({baseline.__file__})')
+  n = x.shape[0]
+  eps_list = [float(e) for e in _EPS.value]
+  chunks = [None] + [int(c) for c in _LAYOUT_CHUNKS.value]
+  rows = []
+  for name, apply_fn, p, to_layout in _layouts(params):
+    xl = to_layout(x)
+    print(f'== {name}: {n} points, input {tuple(xl.shape[1:])}', flush=True)
+    if hasattr(certification, 'explain'):
+      print(certification.explain(apply_fn, p, xl.shape[1:], eps_list[0],
+                                  num_points=n), flush=True)
+    for chunk in chunks:
+      for eps in eps_list:
+        first, best, acc = _time(certification, apply_fn, p, xl, y, eps,
+                                 chunk, _REPEATS.value)
+        line = (f'  chunk {"default" if chunk is None else chunk:>7} eps '
+                f'{eps:.2f}: {best / n * 1e3:7.2f} ms/point (first call '
+                f'{first:5.1f} s), certified accuracy {acc:.2f}')
+        base_ms = None
+        if baseline is not None:
+          bf, bb, bacc = _time(baseline, apply_fn, p, xl, y, eps, chunk,
+                               _REPEATS.value)
+          base_ms = bb / n * 1e3
+          line += (f' | baseline {base_ms:7.2f} ms/point (first {bf:5.1f} s,'
+                   f' acc {bacc:.2f}), ratio baseline/this '
+                   f'{bb / best:5.2f}')
+        if chunk is None and _RAN.value:
+          kw = {}
+          ran = flop_count.executed(
+              lambda q, a, b_, e=eps, f=apply_fn: certification.certify(
+                  f, q, a, b_, e, **kw), p, xl, y) / n
+          line += f', {ran / 1e9:.3f} GFLOP/point ran'
+        print(line, flush=True)
+        rows.append((name, chunk, eps, best / n * 1e3, base_ms))
+  print('== summary (ms/point; default chunking; best forced chunk)')
+  for eps in eps_list:
+    default = {r[0]: r[3] for r in rows if r[2] == eps and r[1] is None}
+    forced = {}
+    for r in rows:
+      if r[2] == eps and r[1] is not None:
+        forced[r[0]] = min(forced.get(r[0], float('inf')), r[3])
+    fastest = min(default.values())
+    for name in default:
+      print(f'  eps {eps:.2f} {name:28s} default {default[name]:7.2f} '
+            f'({default[name] / fastest:4.2f}x the fastest layout), best '
+            f'forced chunk {forced.get(name, float("nan")):7.2f} (default / '
+            f'best {default[name] / forced.get(name, float("nan")):4.2f})')
+      base = [r[4] for r in rows if r[0] == name and r[2] == eps
+              and r[1] is None and r[4] is not None]
+      if base:
+        print(f'  {"":9s} {"":28s} baseline default {base[0]:7.2f} '
+              f'(baseline / this {base[0] / default[name]:4.2f})')
+
+
+def _mnist_params():
+  model = models.get_model('mnist_cnn', (28, 28, 1), 10)
+  params = model.init(jax.random.key(0))
+  if _MNIST_WEIGHTS.value:
+    w = np.load(_MNIST_WEIGHTS.value)
+    params = {k: {'kernel': jnp.asarray(w[f'{k}_kernel']),
+                  'bias': jnp.asarray(w[f'{k}_bias'])} for k in params}
+    print(f'weights from {_MNIST_WEIGHTS.value}')
+  return params
+
+
 def main(argv):
   del argv
+  if _LAYOUTS.value:
+    x, y, what = _points('mnist', (28, 28, 1), _NUM.value)
+    print(f'{x.shape[0]} MNIST points ({what})')
+    _run_layouts(_mnist_params(), x, y)
+    return
   for name in _MODELS.value:
     dataset, shape, shrink, eps_scale = _SPECS[name]
     model = models.get_model(name, shape, 10, conv_impl=_CONV.value or None)

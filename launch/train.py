@@ -7,6 +7,13 @@ r"""Runs a federated training experiment.
 
 Every config key can be overridden as ``--config.KEY=VALUE``; see
 ``launch/configs/mnist_fedavg.py`` for the keys and their meaning.
+
+Writes ``config.json``, ``metrics.jsonl`` with TensorBoard event files beside
+it (``tensorboard --logdir WORKDIR``), ``summary.json`` and ``checkpoint.npz``
+to the workdir and prints a progress line per evaluation (metrics, rounds/s,
+time left). ``--resume`` refuses a config that differs from the stored
+``config.json`` outside ``rounds``, ``eval_every`` and ``checkpoint_every``
+unless ``--resume_allow=KEY,...`` names the keys.
 """
 import os
 
@@ -20,6 +27,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/mnist_fedavg', 'Output folder.')
 _RESUME = flags.DEFINE_bool('resume', False,
                             'Continue from workdir/checkpoint.npz if present.')
+_RESUME_ALLOW = flags.DEFINE_list(
+    'resume_allow', [], 'Config keys --resume may change besides rounds, eval_every and '
+    'checkpoint_every (the run then continues with the new values).')
 
 
 def main(argv):
@@ -28,7 +38,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from fl_jax.simulation import train  # pylint: disable=g-import-not-at-top
   print(f'devices: {jax.devices()}', flush=True)
-  summary = train.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
+  summary = train.train(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
+                        resume_allow=tuple(_RESUME_ALLOW.value))
   print({k: summary[k] for k in ('round', 'test_accuracy', 'wall_seconds') if k in summary})
 
 

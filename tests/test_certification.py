@@ -632,5 +632,162 @@ class FlJaxModelsTest(absltest.TestCase):
     self.assertTrue(np.all(d <= hi[0] + scale) and np.all(d >= lo[0] - scale))
 
 
+def nchw_chain_net(seed=6):
+  """The same conv -> relu -> conv -> relu -> dense net written two ways.
+
+  ``nhwc``: NHWC / HWIO convs with explicit padding, flatten in (H, W, C)
+  order; ``nchw``: a PyTorch-style port, NCHW / OIHW, ``jnp.pad`` then a
+  VALID conv, flatten in (C, H, W) order, the dense weight's rows permuted
+  to match. Same function of the (transposed) input.
+  """
+  k = jax.random.split(jax.random.key(seed), 4)
+  c1 = 0.5 * jax.random.normal(k[0], (3, 3, 1, 3))
+  c2 = 0.4 * jax.random.normal(k[1], (3, 3, 3, 4))
+  d = 0.3 * jax.random.normal(k[2], (2 * 2 * 4, 6))
+  e = 0.4 * jax.random.normal(k[3], (6, 3))
+  p_nhwc = {'c1': c1, 'c2': c2, 'd': d, 'e': e}
+  p_nchw = {'c1': jnp.transpose(c1, (3, 2, 0, 1)),
+            'c2': jnp.transpose(c2, (3, 2, 0, 1)),
+            'd': d.reshape(2, 2, 4, 6).transpose(2, 0, 1, 3).reshape(16, 6),
+            'e': e}
+
+  def nhwc(p, x):                                    # x [B, 8, 8, 1]
+    dn = ('NHWC', 'HWIO', 'NHWC')
+    h = jax.nn.relu(lax.conv_general_dilated(x, p['c1'], (2, 2), ((1, 1),) * 2,
+                                             dimension_numbers=dn))
+    h = jax.nn.relu(lax.conv_general_dilated(h, p['c2'], (2, 2), ((1, 1),) * 2,
+                                             dimension_numbers=dn))
+    return jax.nn.relu(h.reshape(h.shape[0], -1) @ p['d']) @ p['e']
+
+  def nchw(p, x):                                    # x [B, 1, 8, 8]
+    dn = ('NCHW', 'OIHW', 'NCHW')
+    h = x
+    for name in ('c1', 'c2'):
+      h = jnp.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)))
+      h = jax.nn.relu(lax.conv_general_dilated(h, p[name], (2, 2), 'VALID',
+                                               dimension_numbers=dn))
+    return jax.nn.relu(h.reshape(h.shape[0], -1) @ p['d']) @ p['e']
+  return (nhwc, p_nhwc), (nchw, p_nchw)
+
+
+class PlannerTest(parameterized.TestCase):
+
+  def test_forced_order_is_reported_and_cheapest_by_default(self):
+    (apply_fn, params), shape = NETS['conv']
+    auto = cert.explain(apply_fn, params, shape)
+    self.assertNotEmpty([q for q in auto.queries if q.order is not None])
+    for q in auto.queries:
+      if q.order is None:
+        continue
+      self.assertFalse(q.forced)
+      fitting = [c for c, ok in q.costs.values() if ok]
+      self.assertEqual(q.cost, min(fitting))     # the cheapest that fits
+      self.assertEqual(q.costs[q.order][0], q.cost)
+    for strategy in cert.ORDER_NAMES:
+      plan = cert.explain(apply_fn, params, shape, strategy=strategy)
+      for q in plan.queries:
+        if q.order is None:
+          continue
+        if strategy in q.costs:                  # applies: it is what runs
+          self.assertEqual(q.order, strategy)
+          self.assertTrue(q.forced)
+        else:                                    # does not: said so
+          self.assertIn('forced, but does not apply', q.others[strategy])
+    self.assertIn('forced', str(cert.explain(apply_fn, params, shape,
+                                             strategy='backward')))
+
+  def test_planner_never_picks_an_order_over_the_memory_budget(self):
+    (nhwc, params), _ = nchw_chain_net()
+    rejected = 0
+    for budget in (1 << 26, 3000, 600, 50):
+      plan = cert.explain(nhwc, params, (8, 8, 1), max_block_elems=budget)
+      for q in plan.queries:
+        if q.order is None:
+          continue
+        self.assertTrue(q.elastic or q.mem <= plan.budget, q)
+        rejected += sum('over the budget' in w for w in q.others.values())
+    self.assertGreater(rejected, 0)              # the test has teeth
+
+  def test_layouts_reach_the_same_plan_and_bounds(self):
+    (nhwc, p_nhwc), (nchw, p_nchw) = nchw_chain_net()
+    plan_a = cert.explain(nhwc, p_nhwc, (8, 8, 1))
+    plan_b = cert.explain(nchw, p_nchw, (1, 8, 8))
+    self.assertEqual([q.order for q in plan_a.queries],
+                     [q.order for q in plan_b.queries])
+    self.assertIn('windowed', plan_b.queries[-1].costs)   # reaches NCHW too
+    self.assertIn('local', plan_b.queries[1].costs)
+    x = points((8, 8, 1), n=3)
+    y = jnp.array([0, 1, 2])
+    a = cert.certificate(nhwc, p_nhwc, x, y, 0.05)
+    b = cert.certificate(nchw, p_nchw, jnp.transpose(x, (0, 3, 1, 2)), y, 0.05)
+    for u, v in zip(a, b):
+      np.testing.assert_allclose(u, v, rtol=1e-5, atol=TOL)
+
+  def test_default_chunking_fits_the_budget(self):
+    (apply_fn, params), shape = NETS['conv']
+    plan = cert.explain(apply_fn, params, shape, num_points=100)
+    self.assertGreater(plan.chunk_size, 1)
+    self.assertGreaterEqual(plan.num_points, 100)
+    self.assertEqual(plan.num_points % plan.chunk_size, 0)
+    small = cert.explain(apply_fn, params, shape, num_points=100,
+                         max_block_elems=4000)
+    self.assertLess(small.chunk_size, plan.chunk_size)
+    for q in small.queries:
+      if q.order is not None and not q.elastic:
+        self.assertLessEqual(q.mem * small.chunk_size, 4000)
+
+
+class CombinedCallTest(absltest.TestCase):
+
+  def test_certificate_is_all_three_calls_in_one(self):
+    (apply_fn, params), shape = NETS['conv']
+    x = points(shape, n=3)
+    y = jnp.array([0, 1, 2])
+    c = cert.certificate(apply_fn, params, x, y, 0.05)
+    r = cert.certify(apply_fn, params, x, y, 0.05)
+    d_lo, d_hi = cert.logit_difference_bounds(apply_fn, params, x, y, 0.05)
+    lo, hi = jax.vmap(cert.Zonotope.bounds)(
+        cert.propagate(apply_fn, params, x, 0.05))
+    np.testing.assert_array_equal(c.certified, r.certified)
+    np.testing.assert_array_equal(c.correct, r.correct)
+    np.testing.assert_allclose(c.loss, r.loss, rtol=1e-6)
+    np.testing.assert_allclose(c.diff_upper, d_hi, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c.diff_lower, d_lo, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c.logit_lower, lo, rtol=1e-5, atol=TOL)
+    np.testing.assert_allclose(c.logit_upper, hi, rtol=1e-5, atol=TOL)
+    m = c.margin_upper()
+    np.testing.assert_array_equal(m[jnp.arange(3), y], -jnp.inf)
+    np.testing.assert_array_equal(c.certified, jnp.max(m, 1) < 0)
+
+  def test_labels_outside_the_classes_are_named(self):
+    apply_fn, params = dense_net()                 # 3 classes
+    x = points((6,), n=3)
+    for bad, where in (([0, 3, 1], 'y\\[1\\] = 3'),
+                       ([-1, 0, 1], 'y\\[0\\] = -1')):
+      for fn in (cert.certify, cert.certificate, cert.logit_difference_bounds,
+                 cert.mean_certifiable_loss):
+        with self.assertRaisesRegex(ValueError, where):
+          fn(apply_fn, params, x, jnp.array(bad), 0.1)
+
+  def test_no_recompile_for_eps_types_and_point_counts(self):
+    base, params = dense_net()
+    traces = []
+
+    def apply_fn(p, x):
+      traces.append(1)
+      return base(p, x)
+    x = points((6,), n=18)
+    y = jnp.argmax(base(params, x), axis=1)
+    r = cert.certify(apply_fn, params, x, y, 0.1)
+    n_traces = len(traces)
+    r_j = cert.certify(apply_fn, params, x, y, jnp.float32(0.1))
+    r_17 = cert.certify(apply_fn, params, x[:17], y[:17], jnp.asarray(0.1))
+    jax.block_until_ready((r_j, r_17))
+    self.assertEqual(len(traces), n_traces)          # one compilation
+    np.testing.assert_array_equal(r_j.certified, r.certified)
+    np.testing.assert_allclose(r_17.loss, r.loss[:17], rtol=1e-6)
+    self.assertEqual(r_17.loss.shape, (17,))
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -1,4 +1,9 @@
-"""Tests for fl_jax.metrics: clean / PGD / per-client accuracy, AP ratio."""
+"""Tests for fl_jax.metrics: clean / PGD / per-client accuracy, AP ratio, writers."""
+import os
+import sys
+import tempfile
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -6,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fl_jax import metrics
+from fl_jax.metrics import tensorboard as tb_lib
 
 TRACES = [0]
 
@@ -230,6 +236,61 @@ class ClientMetricsTest(absltest.TestCase):
       metrics.selection_counts(jnp.asarray(sel), jnp.asarray(bad), 6)
     with self.assertRaisesRegex(ValueError, 'num_clients'):
       metrics.selection_counts(jnp.asarray(sel), jnp.asarray(ids), 0)
+
+
+class WriterTest(absltest.TestCase):
+  """metrics.jsonl and its TensorBoard events."""
+
+  def test_resumed_writer_purges_dropped_rounds_in_both(self):
+    d = self.enterContext(tempfile.TemporaryDirectory())
+    path = os.path.join(d, 'metrics.jsonl')
+    w = metrics.JsonlWriter(path, tensorboard_dir=d)
+    for r in (1, 2, 3):   # a run killed after logging round 3, checkpointed at 1
+      w.write({'round': r, 'acc': r / 10, 'ids': [1, 2], 'ok': True, 'loss': float('nan')})
+    w.close()
+    w = metrics.JsonlWriter(path, tensorboard_dir=d)
+    w.truncate_after(1)
+    w.write({'round': 2, 'acc': 0.5, 'loss': 1.0})
+    w.close()
+    self.assertEqual([r['round'] for r in metrics.read_jsonl(path)], [1, 2])
+    events = metrics.read_scalars(d)
+    self.assertEqual(sorted(events), ['acc', 'loss'])   # lists and bools are not scalars
+    np.testing.assert_allclose([v for _, v in events['acc']], [0.1, 0.5], rtol=1e-6)
+    self.assertEqual([s for s, _ in events['acc']], [1, 2])
+    self.assertTrue(np.isnan(events['loss'][0][1]))
+    try:   # TensorBoard's own reader agrees, where it is installed
+      from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      return
+    acc = event_accumulator.EventAccumulator(d)
+    acc.Reload()
+    self.assertEqual([(e.step, e.value) for e in acc.Scalars('acc')], events['acc'])
+
+  def test_torn_event_file_is_named(self):
+    d = self.enterContext(tempfile.TemporaryDirectory())
+    w = metrics.TensorBoardWriter(d)
+    w.write({'round': 1, 'acc': 0.5})
+    w.close()
+    (name,) = os.listdir(d)
+    with open(os.path.join(d, name), 'r+b') as f:
+      f.truncate(os.path.getsize(os.path.join(d, name)) - 3)
+    with self.assertRaisesRegex(ValueError, f'{name}: truncated record'):
+      metrics.read_scalars(d)
+
+  def test_without_tensorboardx_one_notice_and_json_lines_only(self):
+    d = self.enterContext(tempfile.TemporaryDirectory())
+    notices = []
+    with mock.patch.dict(sys.modules, {'tensorboardX': None}), \
+        mock.patch.object(tb_lib, '_NOTICE_SHOWN', []):
+      for _ in range(2):
+        w = metrics.TensorBoardWriter(d, notice=notices.append)
+        w.write({'round': 1, 'acc': 0.5})
+        w.write({'round': 2, 'acc': 0.6})
+        w.close()
+    self.assertLen(notices, 1)
+    self.assertIn('tensorboardX is not installed', notices[0])
+    self.assertNotIn('\n', notices[0])
+    self.assertEqual(os.listdir(d), [])
 
 
 if __name__ == '__main__':

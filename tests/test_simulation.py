@@ -18,6 +18,7 @@ import fl_test_utils
 from fl_jax import aggregators
 from fl_jax import client
 from fl_jax import data as data_lib
+from fl_jax import metrics as metrics_lib
 from fl_jax import models
 from fl_jax import simulation
 from fl_jax.adversarial import standard_loss
@@ -208,24 +209,77 @@ class TrainDriverTest(absltest.TestCase):
     return c
 
   def test_resume_after_interrupt_gives_identical_params(self):
+    class Killed(Exception):
+      pass
+    real_save = checkpoint.save
+    def save_then_kill(path, tree):   # the process dies right after round 2's checkpoint
+      real_save(path, tree)
+      if int(tree[0].round) == 2:
+        raise Killed
+    read = lambda w: [json.loads(l) for l in open(os.path.join(w, 'metrics.jsonl'))]
+    quiet = lambda m: None
     with tempfile.TemporaryDirectory() as d:
       full, part = os.path.join(d, 'full'), os.path.join(d, 'part')
-      s_full = train_lib.train(self.smoke_config(rounds=4), full, log=lambda m: None)
-      train_lib.train(self.smoke_config(rounds=2), part, log=lambda m: None)
-      s_res = train_lib.train(self.smoke_config(rounds=4), part, resume=True,
-                              log=lambda m: None)
+      lines = []
+      # eval_every 3, checkpoints every 2: rounds 1-2 are not yet logged at the kill.
+      s_full = train_lib.train(self.smoke_config(rounds=4, eval_every=3), full,
+                               log=lines.append)
+      with mock.patch.object(train_lib.ckpt_lib, 'save', save_then_kill):
+        with self.assertRaises(Killed):
+          train_lib.train(self.smoke_config(rounds=6, eval_every=3), part, log=quiet)
+      # rounds is a key a resume may change.
+      s_res = train_lib.train(self.smoke_config(rounds=4, eval_every=3), part, resume=True,
+                              log=quiet)
       _, p_full, _ = train_lib.restore(full)
       _, p_res, cfg = train_lib.restore(part)
       for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_res)):
         np.testing.assert_array_equal(a, b)
       self.assertEqual(s_full['test_accuracy'], s_res['test_accuracy'])
       self.assertEqual(cfg['rounds'], 4)
-      rows = [json.loads(l) for l in open(os.path.join(part, 'metrics.jsonl'))]
-      self.assertEqual([r['round'] for r in rows], [2, 4])
+      rows, full_rows = read(part), read(full)
+      self.assertEqual([r['round'] for r in rows], [3, 4])
       for key in ('round', 'test_accuracy', 'train_loss', 'elapsed_seconds'):
         self.assertIn(key, rows[-1])
+      # The first row after the resume averages rounds 1-3, as the uninterrupted run does.
+      self.assertEqual([r['train_loss'] for r in rows], [r['train_loss'] for r in full_rows])
       summary = json.load(open(os.path.join(part, 'summary.json')))
       self.assertEqual(summary['rounds'], 4)
+      # One progress line per evaluation, with the speed and the time left.
+      self.assertLen(lines, 2)
+      self.assertRegex(lines[0], r'^round +3/4 +test_acc=0\.\d{4} +train_loss=\d+\.\d{4} .*'
+                                 r'\d+\.\d\d rounds/s +ETA \d+:\d\d$')
+      # TensorBoard events beside metrics.jsonl hold the same scalars.
+      for workdir, jrows in ((full, full_rows), (part, rows)):
+        events = metrics_lib.read_scalars(workdir)
+        for tag in ('test_accuracy', 'train_loss', 'rounds_per_second'):
+          self.assertEqual([s for s, _ in events[tag]], [3, 4], (workdir, tag))
+          np.testing.assert_allclose([v for _, v in events[tag]], [r[tag] for r in jrows],
+                                     rtol=1e-6)
+      try:   # TensorBoard's own reader, where it is installed
+        from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        event_accumulator = None
+      if event_accumulator is not None:
+        acc = event_accumulator.EventAccumulator(full)
+        acc.Reload()
+        self.assertEqual([(e.step, e.value) for e in acc.Scalars('test_accuracy')],
+                         metrics_lib.read_scalars(full)['test_accuracy'])
+      # Resuming the finished run runs nothing and keeps its summary's metrics.
+      train_lib.train(self.smoke_config(rounds=4, eval_every=3), part, resume=True, log=quiet)
+      again = json.load(open(os.path.join(part, 'summary.json')))
+      for key in ('test_accuracy', 'train_loss', 'update_norm_mean', 'aggregate_norm', 'round'):
+        self.assertEqual(again[key], summary[key], key)
+      # A changed config is refused with the keys that differ; fewer rounds too.
+      with self.assertRaisesRegex(ValueError, r"differs .* in \['lr', 'seed'\] \(lr: 0.05 -> "
+                                              r'0.1, seed: 0 -> 5\).*--resume_allow=lr,seed'):
+        train_lib.train(self.smoke_config(rounds=4, lr=0.1, seed=5), part, resume=True,
+                        log=quiet)
+      with self.assertRaisesRegex(ValueError, 'rounds=3 is fewer than the 4 rounds'):
+        train_lib.train(self.smoke_config(rounds=3), part, resume=True, log=quiet)
+      self.assertEqual(json.load(open(os.path.join(part, 'config.json')))['lr'], 0.05)
+      train_lib.train(self.smoke_config(rounds=4, lr=0.1), part, resume=True, log=quiet,
+                      resume_allow=('lr',))
+      self.assertEqual(json.load(open(os.path.join(part, 'config.json')))['lr'], 0.1)
       # A warm start reads the same parameters back, and refuses another model.
       warm = train_lib.config_to_dict(self.smoke_config(init_checkpoint=part))
       p_init, init_cfg = train_lib.load_init_checkpoint(warm)
@@ -247,8 +301,36 @@ class TrainDriverTest(absltest.TestCase):
         data_lib.dataset_info('svhn')
       self.assertEqual(data_lib.dataset_info('cifar10'), ((32, 32, 3), 10))
 
+  def test_global_model_turning_non_finite_stops_the_run(self):
+    mean = aggregators.weighted_mean()
+    def overflow(updates, weights, state):   # an aggregate that overflows the model
+      out, w, state, diag = mean.update(updates, weights, state)
+      return jax.tree.map(lambda x: x * jnp.inf, out), w, state, diag
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(
+        train_lib, 'build_aggregator', lambda cfg: aggregators.Aggregator(mean.init, overflow)):
+      with self.assertRaisesRegex(train_lib.TrainingDivergedError,
+                                  r"round 1: the global model became non-finite.*lr=0.05.*"
+                                  r"'mean'"):
+        train_lib.train(self.smoke_config(rounds=2), d, log=lambda m: None)
+      self.assertFalse(os.path.exists(os.path.join(d, train_lib.CHECKPOINT)))
+      self.assertEqual(os.path.getsize(os.path.join(d, 'metrics.jsonl'))
+                       if os.path.exists(os.path.join(d, 'metrics.jsonl')) else 0, 0)
+
+  def test_every_client_loss_non_finite_stops_the_run(self):
+    cfg = train_lib.config_to_dict(self.smoke_config())
+    train_lib.check_round_finite(cfg, 3, True, np.array([np.nan, 1.0]))   # one is enough
+    with self.assertRaisesRegex(train_lib.TrainingDivergedError,
+                                r'round 7: the local training loss of every sampled client .*'
+                                r'lr=0.05.*checkpoint holds round 6'):
+      train_lib.check_round_finite(cfg, 7, True, np.array([np.nan, np.inf]), last_checkpoint=6)
+
   def test_bad_config_values(self):
-    for kw, msg in ((dict(dataset='imagenet'), 'imagenet'),
+    for kw, msg in ((dict(lr=float('inf')), r'lr must be finite, got inf'),
+                    (dict(lr=1e6), r'lr must be <= 10 \(range \(0, 10\]\), got 1000000.0'),
+                    (dict(momentum=float('nan')), 'momentum must be finite'),
+                    (dict(eval_pgd_eps=(0.1, float('nan'))), r'eval_pgd_eps\[1\] must be finite'),
+                    (dict(dp_sigma=-1.0), r'dp_sigma must be >= 0 \(range \[0, inf\)\)'),
+                    (dict(dataset='imagenet'), 'imagenet'),
                     (dict(model='resnet'), 'resnet'),
                     (dict(clients_per_round=50), 'clients_per_round'),
                     (dict(rounds=0), 'rounds'),

@@ -6,10 +6,17 @@ from fl_jax.certification.domains import relu_relaxation
 from fl_jax.certification.domains import Zonotope
 from fl_jax.certification.domains import zonotope_affine
 from fl_jax.certification.domains import zonotope_relu
+from fl_jax.certification.planner import ORDER_NAMES
+from fl_jax.certification.planner import QueryPlan
+from fl_jax.certification.propagation import certificate
+from fl_jax.certification.propagation import Certificate
 from fl_jax.certification.propagation import certified_accuracy
 from fl_jax.certification.propagation import certify
 from fl_jax.certification.propagation import CertResult
 from fl_jax.certification.propagation import DOMAINS
+from fl_jax.certification.propagation import explain
 from fl_jax.certification.propagation import logit_difference_bounds
 from fl_jax.certification.propagation import mean_certifiable_loss
+from fl_jax.certification.propagation import Plan
 from fl_jax.certification.propagation import propagate
+from fl_jax.certification.propagation import STRATEGIES

@@ -7,7 +7,9 @@ dilation; the transpose that ``jax.vjp`` produces for a strided conv uses
 input (lhs) dilation and a kernel layout that falls off that path (about 5x
 slower here). So:
 
-* forward: ``conv_general_dilated`` with the kernel in HWIO;
+* forward: ``conv_general_dilated`` with the kernel in HWIO and the images
+  in NHWC, whatever the model's layout (NCHW images are transposed in and
+  out: two cheap copies against a conv off XLA:CPU's fast path);
 * transpose of a stride-``s`` conv: one stride-1 conv over the *output*
   grid with ``prod(s)`` phases stacked as output channels, then
   depth-to-space (sub-pixel / space-to-depth form). For a tap ``t`` and
@@ -31,17 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fl_jax.certification import tuning
 
-# Use the dense Jacobian when the input has at most this many times as many
-# elements as one output reads (and the matrix is small).
-DENSE_FAN_IN_RATIO = 4
 # Every contraction the certifier emits runs in full float32: the GPU / TPU
 # default (TF32 / bf16 passes, ~1e-3 relative error) would make bounds unsound.
 EXACT = lax.Precision.HIGHEST
-DENSE_MAX_ELEMS = 1 << 22
-# Transposes whose space-to-depth conv would have at most this many output
-# channels (``prod(strides) * I``) use the GEMM + shifted-adds form.
-COL2IM_MAX_CHANNELS = 8
+
+
+def nhwc_perm(spec: Sequence[int]):
+  """Axis order taking layout ``spec`` (batch, feature, spatial...) to NHWC."""
+  return (spec[0],) + tuple(spec[2:]) + (spec[1],)
 
 
 def to_hwio(kernel, rhs_spec: Sequence[int]):
@@ -87,19 +88,33 @@ class Conv:
     rhs_spec = (n + 1, n) + tuple(range(n))
     self.dn = lax.ConvDimensionNumbers(self.lhs_spec, rhs_spec, self.out_spec)
     self.in_size = int(np.prod(self.in_shape, dtype=np.int64))
+    self._in_perm = nhwc_perm(self.lhs_spec)
+    self._out_perm = nhwc_perm(self.out_spec)
+    self.in_nhwc = tuple(self.in_shape[d] for d in self._in_perm)
     self.out_shape = tuple(
         jax.eval_shape(self._conv, jax.ShapeDtypeStruct(
             self.in_shape, kernel_hwio.dtype), kernel_hwio).shape)
+    self.out_nhwc = tuple(self.out_shape[d] for d in self._out_perm)
     self.out_size = int(np.prod(self.out_shape, dtype=np.int64))
     fan_in = int(np.prod(kernel_hwio.shape[:-1], dtype=np.int64))
-    self.dense = (self.in_size <= DENSE_FAN_IN_RATIO * fan_in
-                  and self.in_size * self.out_size <= DENSE_MAX_ELEMS)
+    knobs = tuning.get()
+    self.dense = (self.in_size <= knobs.dense_fan_in_ratio * fan_in
+                  and self.in_size * self.out_size <= knobs.dense_max_elems)
     self._matrix = None
 
   def _conv(self, x, k):
-    return lax.conv_general_dilated(
-        x, k, self.strides, self.padding, rhs_dilation=self.rhs_dilation,
-        dimension_numbers=self.dn, precision=self.precision)
+    """The conv of one example in the model's layout, run in NHWC."""
+    n = self.n_sp
+    canon = (0, n + 1) + tuple(range(1, n + 1))
+    if self.lhs_spec == canon and self.out_spec == canon:
+      return lax.conv_general_dilated(
+          x, k, self.strides, self.padding, rhs_dilation=self.rhs_dilation,
+          dimension_numbers=self.dn, precision=self.precision)
+    y = lax.conv_general_dilated(
+        jnp.transpose(x, self._in_perm), k, self.strides, self.padding,
+        rhs_dilation=self.rhs_dilation, dimension_numbers=_nhwc_dn(n),
+        precision=self.precision)
+    return jnp.transpose(y, tuple(np.argsort(self._out_perm)))
 
   def matrix(self):
     """The conv as a dense ``[in_size, out_size]`` matrix (built once)."""
@@ -130,7 +145,8 @@ class Conv:
                         precision=EXACT).reshape(
           (rows,) + self.in_shape)
     n = self.n_sp
-    if int(np.prod(self.strides)) * self.k.shape[n] <= COL2IM_MAX_CHANNELS:
+    if (int(np.prod(self.strides)) * self.k.shape[n]
+        <= tuning.get().col2im_max_channels):
       return self._transpose_col2im(ct)
     return self._transpose_s2d(ct)
 

@@ -38,6 +38,7 @@ from jax.extend import core as jex_core
 
 from fl_jax.certification import conv_ops
 from fl_jax.certification import linear_graph as lg
+from fl_jax.certification import nodes as nd
 from fl_jax.certification.domains import relu_relaxation
 
 LIN, PARAM = 'lin', 'param'
@@ -176,13 +177,13 @@ def _linear_parts(prim, params, invals, roles):
 
 def _mono(name: str, invals, abs_idx, out_shape) -> str:
   if name in _MONO_BOTH:
-    return lg.BOTH
+    return nd.BOTH
   if name in _MONO_ROW:
-    return lg.ROW
+    return nd.ROW
   if name in ('mul', 'div'):
     same = all(np.shape(invals[i].center) == tuple(out_shape) for i in abs_idx)
-    return lg.BOTH if same else lg.ROW
-  return lg.NONE
+    return nd.BOTH if same else nd.ROW
+  return nd.NONE
 
 
 def _cost(name: str, params, invals, abs_idx, out_shape) -> float:
@@ -295,7 +296,7 @@ def _im2col_conv(cat, params, invals, abs_i):
       or axis != nd - 1 or tuple(lc) != (axis,) or nd < 3):
     return None
   slices = cat.inputs
-  if not all(getattr(sl, 'prim_name', None) == 'slice' for sl in slices):
+  if not all(_is_prim(sl, 'slice') for sl in slices):
     return None
   base = slices[0].inputs[0]
   if any(sl.inputs[0] is not base or sl.shape != slices[0].shape
@@ -322,7 +323,7 @@ def _im2col_conv(cat, params, invals, abs_i):
   ksize = tuple(int(t) for t in taps.max(axis=0) + 1)
   if np.shape(w)[0] != len(slices) * cin:
     return None
-  if getattr(base, 'prim_name', None) == 'pad':
+  if _is_prim(base, 'pad'):
     cfg = base.prim_params['padding_config']
     if (any(c[2] for c in cfg) or any(cfg[d][0] or cfg[d][1]
                                       for d in (0, nd - 1))):
@@ -394,19 +395,44 @@ def _reduce_fn(in_shape, axes):
   return windows, out_shape
 
 
+def _is_prim(node, name: str) -> bool:
+  return isinstance(node, nd.PrimOp) and node.prim_name == name
+
+
+def _fold_pad(params, node, in_shape):
+  """``conv(pad(x))`` as ``conv(x)`` with the pad added to the conv's padding.
+
+  The linear part of a ``pad`` pads with zeros whatever its value (the value
+  only shifts the centre), so a pad of the spatial axes alone, without
+  interior padding, is folded into the conv exactly (models that pad then
+  run a VALID conv, as PyTorch ports do). Returns ``(params, node,
+  in_shape)``, unchanged when the pad does not fold.
+  """
+  if not _is_prim(node, 'pad') or isinstance(params['padding'], str):
+    return params, node, in_shape
+  cfg = node.prim_params['padding_config']
+  spec = params['dimension_numbers'].lhs_spec
+  spatial = spec[2:]
+  if (any(c[2] for c in cfg) or any(c[0] < 0 or c[1] < 0 for c in cfg)
+      or any(cfg[d][0] or cfg[d][1] for d in spec[:2])):
+    return params, node, in_shape
+  padding = tuple((lo + cfg[d][0], hi + cfg[d][1])
+                  for (lo, hi), d in zip(params['padding'], spatial))
+  if any(lo < 0 or hi < 0 for lo, hi in padding):
+    return params, node, in_shape
+  return dict(params, padding=padding), node.inputs[0], node.inputs[0].shape
+
+
 # --- domains -----------------------------------------------------------------
 
-def _conv_op(conv: conv_ops.Conv, node, name: str) -> lg.Op:
+def _conv_op(conv: conv_ops.Conv, node, name: str) -> nd.ConvOp:
   """A graph node applying ``conv`` (fast forward, transpose and |.|)."""
   out = float(conv.out_size)
   if conv.dense:
     cost = lg.dot_cost(out, conv.in_size)
   else:
     cost = lg.conv_cost(out, int(np.prod(conv.k.shape[:-1])))
-  op = lg.Op(conv, [node], conv.out_shape, conv.k.dtype, abs_fn=conv.abs,
-             mono=lg.NONE, cost=cost, name=name, transpose_fn=conv.transpose)
-  op.conv = conv
-  return op
+  return nd.ConvOp(conv, node, cost, name)
 
 
 class ZonotopeDomain:
@@ -439,38 +465,41 @@ class ZonotopeDomain:
     nodes = [invals[i].node for i in abs_idx]
     out_shape = np.shape(center)
     cost = _cost(name, params, invals, abs_idx, out_shape)
-    patch = None
-    explicit = None
     if name == 'conv_general_dilated' and abs_idx == [0]:
       in_shape = np.shape(invals[0].center)
       info = _patch_info(params, invals[1])
       if info is not None:
         patch = (params, info, in_shape[params['dimension_numbers'].lhs_spec[1]],
                  in_shape)
-      else:
-        conv = conv_ops.from_params(params, in_shape, invals[1])
-        if conv is not None:
-          return LazyZono(center, _conv_op(conv, nodes[0], 'conv'))
+        return LazyZono(center, nd.PatchOp(fn, nodes[0], out_shape,
+                                           center.dtype, abs_fn=abs_fn,
+                                           cost=cost, patch=patch))
+      cparams, below, cin_shape = _fold_pad(params, nodes[0], in_shape)
+      conv = conv_ops.from_params(cparams, cin_shape, invals[1])
+      if conv is not None:
+        return LazyZono(center, _conv_op(conv, below, 'conv'))
     if name == 'dot_general' and len(abs_idx) == 1:
       src = nodes[0]
-      if getattr(src, 'patch', None) is not None:
+      if isinstance(src, nd.PatchOp):
         conv = _fused_conv(src, params, invals, abs_idx[0])
         if conv is not None and conv.out_shape == tuple(out_shape):
           return LazyZono(center, _conv_op(conv, src.inputs[0],
                                            'conv(patches)'))
-      if getattr(src, 'prim_name', None) == 'concatenate':
+      if _is_prim(src, 'concatenate'):
         fused = _im2col_conv(src, params, invals, abs_idx[0])
         if fused is not None and fused[1].out_shape == tuple(out_shape):
           return LazyZono(center, _conv_op(fused[1], fused[0], 'conv(im2col)'))
       explicit = _dot_explicit_rows(params, invals, abs_idx[0], out_shape)
-    mono = lg.ROW if patch is not None else _mono(name, invals, abs_idx,
-                                                  out_shape)
-    op = lg.Op(fn, nodes, out_shape, center.dtype, abs_fn=abs_fn, mono=mono,
-               cost=cost, name=name, explicit_rows=explicit)
-    op.patch = patch
-    op.prim_name, op.prim_params = name, params
-    op.elementwise = (name in _ELEMENTWISE and len(abs_idx) == 1 and
-                      np.shape(invals[abs_idx[0]].center) == tuple(out_shape))
+      if explicit is not None:
+        return LazyZono(center, nd.DenseOp(
+            fn, src, out_shape, center.dtype, abs_fn=abs_fn, cost=cost,
+            rows=explicit))
+    op = nd.PrimOp(
+        fn, nodes, out_shape, center.dtype, abs_fn=abs_fn,
+        mono=_mono(name, invals, abs_idx, out_shape), cost=cost,
+        prim_name=name, prim_params=params,
+        elementwise=(name in _ELEMENTWISE and len(abs_idx) == 1 and
+                     np.shape(invals[abs_idx[0]].center) == tuple(out_shape)))
     return LazyZono(center, op)
 
   def relu(self, v):
@@ -486,7 +515,7 @@ class ZonotopeDomain:
     cross = (lower < 0) & (upper > 0)
     src = self.graph.new_source(jnp.where(cross, -lower / 2,
                                           jnp.zeros_like(lower)), sparse=True)
-    node = lg.diag_node(slope, lg.sum_node([v.node, src]))
+    node = nd.diag_node(slope, nd.sum_node([v.node, src]))
     return LazyZono(slope * v.center + shift, node)
 
   def max_groups(self, v, windows, out_shape):
@@ -515,10 +544,10 @@ class ZonotopeDomain:
 
     def select(g):
       return jnp.sum(keep * windows(g, 0.0), axis=-1)
-    sel_op = lg.Op(select, [v.node], out_shape, center.dtype, abs_fn=select,
-                   mono=lg.ROW, name='max_select', cost=float(lw.size))
+    sel_op = nd.Op(select, [v.node], out_shape, center.dtype, abs_fn=select,
+                   mono=nd.ROW, name='max_select', cost=float(lw.size))
     src = self.graph.new_source(beta, sparse=True)
-    return LazyZono(center, lg.sum_node([sel_op, src]))
+    return LazyZono(center, nd.sum_node([sel_op, src]))
 
 
 class IntervalDomain:

@@ -43,8 +43,9 @@ the matrix chain is cheapest (the same numbers either way):
   memory stays bounded). A dense layer at the start of the pull costs
   nothing: its rows are the weight matrix itself.
 
-The planner compares ``k * (path FLOPs)``, ``colours * (path FLOPs)``,
-the local pull's FLOPs, the windowed GEMMs' FLOPs and ``n * (path FLOPs)``.
+``planner`` holds these orders as objects with one interface and picks the
+cheapest that fits the memory budget, from the costs of ``tuning``; this
+module holds the graph and the mechanics every order runs on.
 For the MNIST CNN of Zizzo et al. (2021, App. D) the textbook forward order
 pushes every generator through the 1568 -> 1000 dense layer (about 20 GFLOP
 per point); pulling the 1000 rows of that layer back through the convs
@@ -57,122 +58,40 @@ eps = 0.02 and 1.14 / 1.38 at 0.05 / 0.1 (``benchmarks/flop_count.py``).
 All of this runs at trace time on one example (vmap it over points); the
 arrays are ordinary traced JAX values, so jit, vmap and grad go through.
 """
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fl_jax.certification import local_chain
+from fl_jax.certification import nodes as nd
+from fl_jax.certification import planner
+from fl_jax.certification import tuning as tuning_lib
 from fl_jax.certification import windowed
 
-# Mono(tonicity) classes for the exact |L| shortcut: 'both' = at most one
-# non-zero per row and per column (permutation / diagonal / slice / pad),
-# 'row' = at most one per row (broadcast, gather, patch extraction),
-# 'none' = mixing (dense, conv, reduce_sum, ...).
-BOTH, ROW, NONE = 'both', 'row', 'none'
 
-# Relative slowness of XLA:CPU convolutions versus GEMMs per FLOP.
-CONV_COST_FACTOR = 4.0
-
-
-class Source:
-  """A block of error symbols: value ``beta * e``, ``e in [-1, 1]^shape``.
-
-  ``sparse``: ``beta`` is expected to be zero at most elements (a ReLU
-  layer's fresh symbols exist only at crossing neurons); orders that can
-  skip zero columns then do.
-  """
-
-  def __init__(self, beta, index: int, sparse: bool = False):
-    self.beta = beta
-    self.sparse = bool(sparse)
-    self.shape = tuple(beta.shape)
-    self.dtype = beta.dtype
-    self.size = int(np.prod(self.shape, dtype=np.int64))
-    self.index = index
-    self.inputs = ()
-    self.sources = frozenset([index])
-    self.cost = 0.0
-    self.name = f'source{index}'
-
-
-class Op:
-  """``value = fn(*input_values)`` with ``fn`` linear in its inputs jointly.
+class Budget(NamedTuple):
+  """How one propagation (one point, vmapped over a chunk) may run.
 
   Attributes:
-    fn: the linear function on one example (no generator axis).
-    inputs: input nodes (``Op`` or ``Source``).
-    shape, dtype: of the value.
-    abs_fn: ``abs_fn(*radii) -> radius``, the entrywise-|.| of the linear
-      map applied to non-negative vectors (``None``: no shortcut).
-    mono: ``'both'``, ``'row'`` or ``'none'`` (see module constants).
-    cost: FLOPs to apply ``fn`` to one vector (planner estimate).
-    explicit_rows: optional ``() -> rows[n_out, *input.shape]``, the
-      Jacobian of a unary op, formed without arithmetic (dense layers).
-    is_sum: plain sum of the inputs (handled without zero padding).
-    transpose_fn: optional fast ``ct[n, *shape] -> ct_in[n, *in.shape]`` of a
-      unary op (default: ``jax.vjp`` of ``fn``, vmapped).
+    strategy: ``'auto'`` or an order's name (``planner.ORDER_NAMES``).
+    max_block_elems: memory budget (elements, per point) of any one
+      intermediate of a rigid order (forward generators, windowed blocks,
+      kept local rows, colours).
+    row_block_elems: target elements (per point) of one backward row block.
+    axis_name: name of the ``vmap`` axis over the points of a chunk, if
+      any (the windowed order then pools a chunk's sparse columns).
+    tuning: the backend's ``tuning.Tuning``.
   """
-
-  def __init__(self, fn: Callable, inputs: Sequence, shape, dtype, *,
-               abs_fn: Optional[Callable] = None, mono: str = NONE,
-               cost: Optional[float] = None, name: str = 'op',
-               explicit_rows: Optional[Callable] = None, is_sum: bool = False,
-               transpose_fn: Optional[Callable] = None):
-    self.fn = fn
-    self.inputs = tuple(inputs)
-    self.shape = tuple(shape)
-    self.dtype = dtype
-    self.size = int(np.prod(self.shape, dtype=np.int64))
-    self.abs_fn = abs_fn
-    self.mono = mono
-    self.cost = float(self.size if cost is None else cost)
-    self.name = name
-    self.explicit_rows = explicit_rows
-    self.is_sum = is_sum
-    self.sources = frozenset().union(*[i.sources for i in self.inputs])
-    self.elementwise = False   # shape-preserving, no mixing (for colouring)
-    self.conv = None           # a conv_ops.Conv (for colouring)
-    self._vjp = None
-    self._transpose_fn = transpose_fn
-
-  def transpose(self, ct):
-    """Applies the transposed map to a batch of cotangents ``ct[n, *shape]``.
-
-    Returns one ``[n, *input.shape]`` array per input.
-    """
-    if self.is_sum:
-      return [ct] * len(self.inputs)
-    if self._transpose_fn is not None:
-      return [self._transpose_fn(ct)]
-    if self._vjp is None:
-      zeros = [jnp.zeros(i.shape, i.dtype) for i in self.inputs]
-      _, self._vjp = jax.vjp(self.fn, *zeros)
-    return list(jax.vmap(self._vjp)(ct))
+  strategy: str = 'auto'
+  max_block_elems: int = 1 << 24
+  row_block_elems: int = 1 << 22
+  axis_name: Optional[str] = None
+  tuning: Optional[tuning_lib.Tuning] = None
 
 
-def sum_node(nodes: Sequence) -> 'Op':
-  """The sum of several nodes of one shape."""
-  if len(nodes) == 1:
-    return nodes[0]
-  op = Op(lambda *xs: sum(xs[1:], xs[0]), nodes, nodes[0].shape,
-          nodes[0].dtype, abs_fn=lambda *rs: sum(rs[1:], rs[0]), mono=BOTH,
-          name='sum', is_sum=True)
-  op.elementwise = True
-  return op
-
-
-def diag_node(scale, node) -> 'Op':
-  """``scale * node`` (elementwise, ``scale`` a concrete array)."""
-  op = Op(lambda v: scale * v, [node], node.shape, node.dtype,
-          abs_fn=lambda r: jnp.abs(scale) * r, mono=BOTH, name='diag')
-  op.elementwise = True
-  op.scale = scale
-  return op
-
-
-def _colouring(path, s: 'Source'):
+def _colouring(path, s: nd.Source):
   """Colours of the elements of ``s`` whose images never overlap.
 
   ``path`` is a chain of convs and elementwise ops from ``s``. Along each
@@ -187,8 +106,8 @@ def _colouring(path, s: 'Source'):
   Returns an int array ``colour[*s.shape]`` and the number of colours, or
   ``None`` if the chain is not of that form or colouring does not pay.
   """
-  convs = [op.conv for op, _ in path if op.conv is not None]
-  if not convs or any(op.conv is None and not op.elementwise
+  convs = [op.conv for op, _ in path if isinstance(op, nd.ConvOp)]
+  if not convs or any(not isinstance(op, nd.ConvOp) and not op.elementwise
                       for op, _ in path):
     return None
   spec = convs[0].lhs_spec
@@ -231,126 +150,58 @@ def _colouring(path, s: 'Source'):
 class Graph:
   """Holds the symbol blocks of one propagation and answers bound queries.
 
+  Every query (``radius``) first takes the exact abs shortcut for the
+  blocks that allow it (``'auto'`` and every forced order but
+  ``'forward'`` / ``'backward'``), then lets ``planner.choose`` pick the
+  order for the rest; each decision is appended to ``plans``.
+
   Args:
-    strategy: ``'auto'`` (abs shortcut, colouring, cheapest of forward /
-      backward),
-      ``'forward'`` (materialised generators everywhere, the textbook
-      DeepZ order) or ``'backward'`` (adjoint everywhere). All give the same
-      numbers up to float rounding; the last two exist for testing.
-    max_block_elems: memory cap (array elements, per example) of forward
-      generators: a block whose generators would exceed it is pulled
-      backward instead.
-    row_block_elems: target size (elements, per example) of one backward row
-      block ``rows * widest node``; pulls with more rows are split into
-      balanced row blocks run one after another by ``lax.map`` (small blocks
-      keep the memory-bound passes in cache).
-    axis_name: name of the ``vmap`` axis over points when the propagation
-      runs vmapped with one (lets the windowed order pool sparse columns of
-      all points of a chunk, see ``windowed``); ``None`` otherwise.
-    hoisted: ``('collect', store)`` or ``('use', store)``: values that depend
-      on the parameters only (see :meth:`param_only`) are computed by a
-      first, ``'collect'`` propagation of one point outside the loop over
-      chunks and read from ``store`` by the ones inside it, so XLA does not
-      recompute them for every chunk. ``None``: computed in place.
+    budget: a ``Budget``.
   """
 
-  def __init__(self, strategy: str = 'auto', max_block_elems: int = 1 << 24,
-               row_block_elems: int = 1 << 22, axis_name: Optional[str] = None,
-               hoisted: Optional[tuple] = None):
-    if strategy not in ('auto', 'forward', 'backward'):
-      raise ValueError(f'unknown strategy {strategy!r}')
-    self.strategy = strategy
-    self.max_block_elems = int(max_block_elems)
-    self.row_block_elems = int(min(row_block_elems, max_block_elems))
-    self.axis_name = axis_name
-    self.sources: List[Source] = []
+  def __init__(self, budget: Budget = Budget()):
+    if budget.strategy not in planner.STRATEGIES:
+      raise ValueError(f'strategy must be one of {planner.STRATEGIES}, got '
+                       f'{budget.strategy!r}')
+    self.strategy = budget.strategy
+    self.max_block_elems = int(budget.max_block_elems)
+    self.row_block_elems = int(min(budget.row_block_elems,
+                                   budget.max_block_elems))
+    self.axis_name = budget.axis_name
+    self.tuning = budget.tuning or tuning_lib.get()
+    self.sources: List[nd.Source] = []
+    self.plans: List[planner.QueryPlan] = []
     self._radius: Dict[int, jax.Array] = {}
     self._fwd: Dict[tuple, jax.Array] = {}
     self._keep = []   # keeps nodes alive so id() keys stay unique
     self._local_rows: Dict[tuple, list] = {}  # (chain top, block) -> rows
-    self._hoisted = hoisted
-    self._n_param_only = 0
 
-  # -- construction ---------------------------------------------------------
-
-  def param_only(self, fn: Callable[[], jax.Array]) -> jax.Array:
-    """``fn()``, a value of the parameters alone, hoisted when possible.
-
-    Calls are numbered in order; propagations of the same network make the
-    same calls, so the number identifies the value across them.
-    """
-    key = self._n_param_only
-    self._n_param_only += 1
-    if self._hoisted is None:
-      return fn()
-    mode, store = self._hoisted
-    if mode == 'use' and key in store:
-      return store[key]
-    value = fn()
-    if mode == 'collect':
-      store[key] = value
-    return value
-
-  def new_source(self, beta, sparse: bool = False) -> Source:
-    s = Source(beta, len(self.sources), sparse)
+  def new_source(self, beta, sparse: bool = False) -> nd.Source:
+    s = nd.Source(beta, len(self.sources), sparse)
     self.sources.append(s)
     return s
 
-  # -- graph walks ----------------------------------------------------------
+  # -- abs shortcut ---------------------------------------------------------
 
   @staticmethod
-  def _subgraph(node, targets) -> List:
-    """Nodes between ``node`` and blocks ``targets``, node first (topo order)."""
-    seen, order = set(), []
-    stack = [(node, False)]
-    while stack:
-      n, done = stack.pop()
-      if done:
-        order.append(n)
-        continue
-      if id(n) in seen or not (n.sources & targets):
-        continue
-      seen.add(id(n))
-      stack.append((n, True))
-      for i in n.inputs:
-        if id(i) not in seen:
-          stack.append((i, False))
-    order.reverse()
-    return order
-
-  @staticmethod
-  def _chain(node, s: Source):
-    """``[(op, input position)]`` from ``s`` to ``node`` if a single path."""
-    path = []
-    cur = node
-    while cur is not s:
-      if not isinstance(cur, Op):
-        return None
-      deps = [k for k, i in enumerate(cur.inputs) if s.index in i.sources]
-      if len(deps) != 1:
-        return None
-      path.append((cur, deps[0]))
-      cur = cur.inputs[deps[0]]
-    path.reverse()
-    return path
-
-  def _abs_chain(self, node, s: Source):
+  def _abs_chain(node, s: nd.Source):
     """Ops from ``s`` to ``node`` if ``|L_s| beta_s`` can be formed exactly."""
-    path = self._chain(node, s)
+    path = nd.chain(node, s)
     if path is None or any(op.abs_fn is None for op, _ in path):
       return None
     seen_mixing = False
     for op, _ in path:
-      if op.mono == BOTH:
+      if op.mono == nd.BOTH:
         continue
       if seen_mixing:            # after the pivot only row-monomial ops
-        if op.mono != ROW:
+        if op.mono != nd.ROW:
           return None
       else:
         seen_mixing = True       # first non-'both' op is the pivot
     return path
 
-  def _apply_abs_chain(self, path, s: Source):
+  @staticmethod
+  def _apply_abs_chain(path, s: nd.Source):
     r = s.beta
     for op, k in path:
       radii = [jnp.zeros(i.shape, i.dtype) for i in op.inputs]
@@ -360,7 +211,7 @@ class Graph:
 
   # -- forward --------------------------------------------------------------
 
-  def forward(self, node, s: Source):
+  def forward(self, node, s: nd.Source):
     """Generators of ``node`` w.r.t. block ``s``: ``[s.size, *node.shape]``."""
     if s.index not in node.sources:
       return None
@@ -371,7 +222,7 @@ class Graph:
       g = jnp.diag(s.beta.reshape(-1)).reshape((s.size,) + s.shape)
     else:
       ins = [self.forward(i, s) for i in node.inputs]
-      if node.is_sum:
+      if isinstance(node, nd.SumOp):
         present = [g for g in ins if g is not None]
         g = sum(present[1:], present[0])
       else:
@@ -383,7 +234,8 @@ class Graph:
     self._keep.append(node)
     return g
 
-  def _forward_cost(self, node, s: Source) -> float:
+  def forward_cost(self, node, s: nd.Source) -> float:
+    """``s.size * (FLOPs of the ops not yet pushed)`` between ``s`` and ``node``."""
     cost, seen, stack = 0.0, set(), [node]
     while stack:
       n = stack.pop()
@@ -396,22 +248,31 @@ class Graph:
       stack.extend(n.inputs)
     return s.size * cost
 
-  def _forward_elems(self, node, s: Source) -> int:
-    biggest = max((n.size for n in self._subgraph(node, frozenset([s.index]))),
-                  default=0)
-    return s.size * biggest
+  def forward_elems(self, node, s: nd.Source) -> int:
+    """Elements of the widest forward generators between ``s`` and ``node``."""
+    return s.size * self.widest(node, frozenset([s.index]))
+
+  def forward_radius(self, node, blocks):
+    r = jnp.zeros(node.shape, node.dtype)
+    for s in blocks:
+      r = r + jnp.sum(jnp.abs(self.forward(node, s)), axis=0)
+    return r
 
   # -- backward -------------------------------------------------------------
+
+  @staticmethod
+  def widest(node, targets) -> int:
+    return max((n.size for n in nd.subgraph(node, targets)), default=1)
 
   def _pull(self, start, rows, targets: frozenset) -> Dict[int, jax.Array]:
     """Cotangents at every block in ``targets`` for ``rows[n, *start.shape]``."""
     cts = {id(start): rows}
     out = {}
-    for n in self._subgraph(start, targets):
+    for n in nd.subgraph(start, targets):
       ct = cts.pop(id(n), None)
       if ct is None:
         continue
-      if isinstance(n, Source):
+      if isinstance(n, nd.Source):
         out[n.index] = ct
         continue
       for i, c in zip(n.inputs, n.transpose(ct)):
@@ -423,8 +284,8 @@ class Graph:
   @staticmethod
   def _explicit_start(node, targets) -> bool:
     """Whether the pull can start below ``node`` with its explicit Jacobian."""
-    return (isinstance(node, Op) and node.explicit_rows is not None
-            and len(node.inputs) == 1 and bool(node.inputs[0].sources & targets))
+    return (isinstance(node, nd.DenseOp)
+            and bool(node.inputs[0].sources & targets))
 
   def _start(self, node, targets):
     """(start node, rows_fn(idx) -> rows[len(idx), *start.shape]).
@@ -432,7 +293,7 @@ class Graph:
     ``idx`` is ``None`` for all rows at once (no gather).
     """
     if self._explicit_start(node, targets):
-      rows_all = node.explicit_rows()
+      rows_all = node.rows()
       return node.inputs[0], (lambda idx: rows_all if idx is None
                               else rows_all[idx])
 
@@ -444,14 +305,16 @@ class Graph:
           (idx.shape[0],) + node.shape)
     return node, identity_rows
 
-  def _backward_cost(self, node, targets) -> float:
-    cost = sum(n.cost for n in self._subgraph(node, targets))
+  def backward_cost(self, node, targets) -> float:
+    """``node.size * (FLOPs of the ops between the blocks and node)``."""
+    cost = sum(n.cost for n in nd.subgraph(node, targets))
     if self._explicit_start(node, targets):
       cost -= node.cost
     return node.size * max(cost, 1.0)
 
-  def _row_block(self, node, targets) -> int:
-    widest = max((n.size for n in self._subgraph(node, targets)), default=1)
+  def row_block(self, node, targets) -> int:
+    """Rows per backward block: ``row_block_elems / widest`` (at least 1)."""
+    widest = self.widest(node, targets)
     return int(max(1, min(node.size, self.row_block_elems // max(widest, 1))))
 
   def backward_radius(self, node, targets: frozenset):
@@ -467,10 +330,10 @@ class Graph:
       for s in blocks:
         if s.index in cts:
           ct = cts[s.index].reshape(rows.shape[0], -1)
-          total = total + abs_dot(ct, s.beta.reshape(-1))
+          total = total + nd.abs_dot(ct, s.beta.reshape(-1))
       return total
 
-    rb = self._row_block(node, targets)
+    rb = self.row_block(node, targets)
     if rb >= n:
       r = block(None)
     else:
@@ -480,39 +343,28 @@ class Graph:
       r = jax.lax.map(block, idx).reshape(-1)[:n]
     return r.reshape(node.shape)
 
-  # -- queries --------------------------------------------------------------
+  # -- colouring ------------------------------------------------------------
 
-  def radius(self, node):
-    """Per-coordinate radius ``sum_j |L_j| beta_j`` of a lazy value."""
-    key = id(node)
-    if key in self._radius:
-      return self._radius[key]
-    if isinstance(node, Source):
-      r = node.beta
-    else:
-      r = jnp.zeros(node.shape, node.dtype)
-      remaining = []
-      for s in self.sources:
-        if s.index not in node.sources:
-          continue
-        path = self._abs_chain(node, s) if self.strategy == 'auto' else None
-        if path is not None:
-          r = r + self._apply_abs_chain(path, s)
-        else:
-          remaining.append(s)
-      if remaining:
-        r = r + self._radius_of_blocks(node, remaining)
-    self._radius[key] = r
-    self._keep.append(node)
-    return r
+  def colouring(self, node, s: nd.Source):
+    """``(path, (colour, n_colours), cost, elements)`` or ``None``."""
+    path = nd.chain(node, s)
+    col = _colouring(path, s) if path is not None else None
+    if col is None:
+      return None
+    mem = col[1] * max(op.size for op, _ in path)
+    if mem > self.max_block_elems:
+      return None                          # would not fit the memory cap
+    return path, col, col[1] * sum(op.cost for op, _ in path), mem
 
-  def _coloured_radius(self, path, s: Source, colour, n_colours):
+  def coloured_radius(self, node, s: nd.Source, col):
     """``sum_i |L e_i| beta_i`` from one forward pass per colour."""
+    del node
+    path, (colour, n_colours) = col[0], col[1]
     onehot = jax.nn.one_hot(jnp.asarray(colour.reshape(-1)), n_colours,
                             dtype=s.dtype).T                 # [colours, size]
     g = (onehot * s.beta.reshape(1, -1)).reshape((n_colours,) + s.shape)
     for op, k in path:
-      if op.is_sum:
+      if isinstance(op, nd.SumOp):
         continue
       args = [None] * len(op.inputs)
       args[k] = g
@@ -525,66 +377,14 @@ class Graph:
         g = jax.vmap(op.fn, in_axes=axes)(*fill)
     return jnp.sum(jnp.abs(g), axis=0)
 
-  def _radius_of_blocks(self, node, blocks):
-    if self.strategy == 'auto':
-      rest = []
-      r = jnp.zeros(node.shape, node.dtype)
-      targets = frozenset(s.index for s in blocks)
-      bwd_all = self._backward_cost(node, targets)
-      wplan = windowed.plan(node, blocks)
-      if (wplan is not None and wplan.flops < bwd_all and
-          wplan.elems <= self.max_block_elems):
-        rows = {s.index: self._local_rows[(id(wplan.top), s.index)]
-                for s in blocks if (id(wplan.top), s.index) in self._local_rows}
-        return windowed.radius(wplan, self.axis_name, rows, self.param_only)
-      local = self._local_plan(node, blocks, bwd_all)
-      if local is not None:
-        return self._local_radius(node, local, targets)
-      for s in blocks:
-        path = self._chain(node, s)
-        col = _colouring(path, s) if path is not None else None
-        if col is not None and col[1] * max(
-            op.size for op, _ in path) > self.max_block_elems:
-          col = None                       # would not fit the memory cap
-        if col is not None:
-          cost = col[1] * sum(op.cost for op, _ in path)
-          if cost < min(self._forward_cost(node, s), bwd_all):
-            r = r + self._coloured_radius(path, s, *col)
-            continue
-        rest.append(s)
-      if not rest:
-        return r
-      return r + self._radius_of_blocks_plain(node, rest)
-    return self._radius_of_blocks_plain(node, blocks)
+  # -- local pull and windowed ---------------------------------------------
 
-  def _colour_cost(self, node, s):
-    path = self._chain(node, s)
-    col = _colouring(path, s) if path is not None else None
-    if col is None or col[1] * max(op.size for op, _ in path) > self.max_block_elems:
-      return None
-    return col[1] * sum(op.cost for op, _ in path)
-
-  def _local_plan(self, node, blocks, bwd_all):
-    """Levels of a local (patch) pull if it is the cheapest order, else None."""
-    levels = local_chain.chain_of(node, frozenset(s.index for s in blocks))
-    if levels is None:
-      return None
-    others = 0.0
-    for s in blocks:
-      c = self._colour_cost(node, s)
-      f = self._forward_cost(node, s)
-      others += f if c is None else min(c, f)
-    if local_chain.cost(levels) * CONV_COST_FACTOR >= min(bwd_all, others):
-      return None
-    return levels
-
-  def _local_radius(self, node, levels, targets):
+  def local_radius(self, node, levels, targets):
     """Radius through a conv chain by the local pull.
 
     When every row's window fits the memory budget at once, the rows are
     kept (a dense layer above the chain reuses them, see ``windowed``).
     """
-    out = levels[0].conv.out_shape
     if local_chain.rows_size(levels, targets) > self.max_block_elems:
       return local_chain.local_radius(levels, targets,
                                       self._local_row_block(levels))
@@ -599,40 +399,60 @@ class Graph:
     self._keep.append(node)
     r = sum(local_chain.rows_radius(*f) for pairs in rows.values()
             for f in pairs)
-    return r.reshape(out)
+    return local_chain.from_rows(r, levels)
 
   def _local_row_block(self, levels) -> int:
     """Output positions per block: window cotangents of ``row_block_elems``."""
-    _, sizes = local_chain._geometry(levels)  # pylint: disable=protected-access
-    c_out = levels[0].conv.out_shape[3]
-    widest = max(sizes[i + 1][0] * sizes[i + 1][1] * lv.conv.k.shape[2]
-                 for i, lv in enumerate(levels))
+    c_out, widest = local_chain.row_widths(levels)
     return int(max(1, self.row_block_elems // max(1, c_out * widest)))
 
-  def _radius_of_blocks_plain(self, node, blocks):
-    targets = frozenset(s.index for s in blocks)
-    if self.strategy == 'forward':
-      use_forward = True
-    elif self.strategy == 'backward':
-      use_forward = False
+  def windowed_radius(self, p, blocks):
+    rows = {s.index: self._local_rows[(id(p.top), s.index)]
+            for s in blocks if (id(p.top), s.index) in self._local_rows}
+    return windowed.radius(p, self.axis_name, rows,
+                           per_block=self.tuning.per_block_widths)
+
+  # -- queries --------------------------------------------------------------
+
+  def radius(self, node):
+    """Per-coordinate radius ``sum_j |L_j| beta_j`` of a lazy value."""
+    key = id(node)
+    if key in self._radius:
+      return self._radius[key]
+    if isinstance(node, nd.Source):
+      r = node.beta
     else:
-      fwd = sum(self._forward_cost(node, s) for s in blocks)
-      bwd = self._backward_cost(node, targets)
-      fits = all(self._forward_elems(node, s) <= self.max_block_elems
-                 for s in blocks)
-      use_forward = fits and fwd <= bwd
-    if use_forward:
       r = jnp.zeros(node.shape, node.dtype)
+      shortcut = self.strategy not in ('forward', 'backward')
+      blocks = [s for s in self.sources if s.index in node.sources]
+      remaining = []
       for s in blocks:
-        r = r + jnp.sum(jnp.abs(self.forward(node, s)), axis=0)
-      return r
-    return self.backward_radius(node, targets)
+        path = self._abs_chain(node, s) if shortcut else None
+        if path is not None:
+          r = r + self._apply_abs_chain(path, s)
+        else:
+          remaining.append(s)
+      picked, others, forced, offers = None, {}, False, []
+      if remaining:
+        picked, others, forced, offers = planner.choose(
+            self, node, remaining, self.strategy, self.max_block_elems)
+        r = r + picked.run()
+      self.plans.append(planner.QueryPlan(
+          node.name, node.shape, len(blocks), len(blocks) - len(remaining),
+          picked and picked.order, picked.cost if picked else 0.0,
+          picked.mem if picked else 0, others, forced,
+          bool(picked and picked.elastic),
+          {c.order: (c.cost, planner.fits(c, self.max_block_elems))
+           for c in offers}))
+    self._radius[key] = r
+    self._keep.append(node)
+    return r
 
   def coefficients(self, node) -> List[Optional[jax.Array]]:
     """Generators of ``node`` per block: ``[s.size, *node.shape]`` or None.
 
-    Formed by pulling the ``node.size`` unit rows back (``'auto'`` and
-    ``'backward'``) or from forward generators (``'forward'``).
+    Formed from forward generators (``'forward'``) or by pulling the
+    ``node.size`` unit rows back (every other strategy).
     """
     if self.strategy == 'forward':
       return [self.forward(node, s) for s in self.sources]
@@ -649,20 +469,12 @@ class Graph:
     return out
 
 
-def abs_dot(ct, beta):
-  """``|ct| @ beta`` for ``ct[n, k]`` and ``beta[k] >= 0``.
-
-  Written as ``sum(|ct * beta|)``: XLA:CPU fuses ``abs`` into a dot as a
-  scalar loop (~2 GB/s), while the multiply-abs-reduce fusion streams at
-  memory speed (6x faster on the MNIST CNN's pulls).
-  """
-  return jnp.sum(jnp.abs(ct * beta), axis=-1)
-
-
-def conv_cost(out_size: int, kernel_fan_in: int) -> float:
-  return 2.0 * out_size * kernel_fan_in * CONV_COST_FACTOR
+def conv_cost(out_size: int, kernel_fan_in: int, tuning=None) -> float:
+  """Planner cost of a conv: ``2 * out * fan_in * conv_weight``."""
+  tuning = tuning or tuning_lib.get()
+  return 2.0 * out_size * kernel_fan_in * tuning.conv_weight
 
 
 def dot_cost(out_size: int, contracted: int) -> float:
+  """Planner cost of a dense product: ``2 * out * contracted``."""
   return 2.0 * out_size * contracted
-

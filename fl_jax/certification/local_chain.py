@@ -11,8 +11,10 @@ generator colour (colouring). For the CIFAR CNN of Zizzo et al. (2021,
 App. D) this is about 10x fewer FLOPs than either for the third and fourth
 conv layers' bounds.
 
-Shapes (one example, NHWC, batch axis of size 1 as the interpreter keeps
-it): a chain is ``source_0 -> conv_1 -> [sum with source_1] -> diag ->
+Shapes (one example, batch axis of size 1 as the interpreter keeps it;
+any layout, as long as every conv of the chain reads and writes the same
+one: windows, scales and radii are moved to NHWC here, see ``to_nhwc``):
+a chain is ``source_0 -> conv_1 -> [sum with source_1] -> diag ->
 conv_2 -> ... -> conv_L`` (``diag``: a ReLU slope or any elementwise
 scaling; ``sum``: adding a ReLU layer's fresh symbols). A window at level
 ``l`` is ``[w_l, w_l, C_l]`` with ``w_{l-1} = (w_l - 1) s_l + k_l`` (VALID
@@ -29,11 +31,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from fl_jax.certification import conv_ops
+from fl_jax.certification import nodes as nd
+from fl_jax.certification import tuning
 from fl_jax.certification.conv_ops import EXACT
 
 NHWC = (0, 3, 1, 2)
-# A window's transposed conv runs as a dense GEMM up to this FLOP ratio.
-LOCAL_DENSE_RATIO = 8
+
+
+def to_nhwc(arr, spec):
+  """``arr`` in layout ``spec`` (batch, feature, spatial...) -> NHWC."""
+  return jnp.transpose(arr, conv_ops.nhwc_perm(spec))
+
+
+def from_nhwc(arr, spec):
+  """The inverse of :func:`to_nhwc`."""
+  return jnp.transpose(arr, tuple(np.argsort(conv_ops.nhwc_perm(spec))))
 
 
 class Level:
@@ -46,10 +58,14 @@ class Level:
     self.below = below        # the node feeding this level (after scales/sums)
 
 
-def _is_plain_conv(conv) -> bool:
-  return (conv is not None and conv.n_sp == 2 and conv.lhs_spec == NHWC
-          and conv.out_spec == NHWC and all(d == 1 for d in conv.rhs_dilation)
-          and len(conv.in_shape) == 4 and conv.in_shape[0] == 1)
+def _is_plain_conv(node) -> bool:
+  """A 2-D conv node, one layout in and out, no dilation, batch of one."""
+  if not isinstance(node, nd.ConvOp):
+    return False
+  conv = node.conv
+  return (conv.n_sp == 2 and conv.lhs_spec == conv.out_spec
+          and all(d == 1 for d in conv.rhs_dilation)
+          and len(conv.in_shape) == 4 and conv.in_shape[conv.lhs_spec[0]] == 1)
 
 
 def chain_of(node, targets) -> Optional[List[Level]]:
@@ -58,8 +74,7 @@ def chain_of(node, targets) -> Optional[List[Level]]:
   Returns the levels from the output down, or ``None`` when ``node`` is not
   the output of such a chain or a target block is not summed in along it.
   """
-  from fl_jax.certification import linear_graph as lg  # pylint: disable=g-import-not-at-top
-  if not isinstance(node, lg.Op) or not _is_plain_conv(node.conv):
+  if not _is_plain_conv(node):
     return None
   levels = []
   cur = node
@@ -71,16 +86,16 @@ def chain_of(node, targets) -> Optional[List[Level]]:
     # Below a conv: elementwise scalings and sums with sources, in any order,
     # until the next conv or a lone source.
     while True:
-      if isinstance(x, lg.Source):
+      if isinstance(x, nd.Source):
         level.sources.append(x)
         found.add(x.index)
         x = None
         break
-      if x.conv is not None:
+      if isinstance(x, nd.ConvOp):
         break
-      if x.is_sum:
-        rest = [i for i in x.inputs if not isinstance(i, lg.Source)]
-        srcs = [i for i in x.inputs if isinstance(i, lg.Source)]
+      if isinstance(x, nd.SumOp):
+        rest = [i for i in x.inputs if not isinstance(i, nd.Source)]
+        srcs = [i for i in x.inputs if isinstance(i, nd.Source)]
         if len(rest) > 1:
           return None
         # Sources added *below* a scale are scaled by it: keep them with the
@@ -93,15 +108,14 @@ def chain_of(node, targets) -> Optional[List[Level]]:
           break
         x = rest[0]
         continue
-      scale = getattr(x, 'scale', None)
-      if scale is None or len(x.inputs) != 1:
+      if not isinstance(x, nd.ScaleOp):
         return None
-      level.scales.append(scale)
+      level.scales.append(x.scale)
       x = x.inputs[0]
     if x is None:
       break
-    if not _is_plain_conv(x.conv) or tuple(x.conv.out_shape) != tuple(
-        level.conv.in_shape):
+    if (not _is_plain_conv(x) or x.conv.lhs_spec != level.conv.lhs_spec
+        or tuple(x.conv.out_shape) != tuple(level.conv.in_shape)):
       return None
     cur = x
   if not set(targets) <= found:
@@ -115,7 +129,7 @@ def chain_of(node, targets) -> Optional[List[Level]]:
 
 def _geometry(levels):
   """Window sizes and origins per level (numpy, static)."""
-  out_h, out_w = levels[0].conv.out_shape[1:3]
+  out_h, out_w = levels[0].conv.out_nhwc[1:3]
   oh, ow = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing='ij')
   origins = [(oh.reshape(-1), ow.reshape(-1))]   # at the output level
   sizes = [(1, 1)]
@@ -132,7 +146,7 @@ def _geometry(levels):
 def cost(levels) -> float:
   """FLOPs of the local pull (planner estimate)."""
   _, sizes = _geometry(levels)
-  out = levels[0].conv.out_shape
+  out = levels[0].conv.out_nhwc
   rows = out[1] * out[2] * out[3]
   total = 0.0
   for i, level in enumerate(levels):
@@ -145,10 +159,25 @@ def cost(levels) -> float:
 def rows_size(levels, targets) -> int:
   """Elements of :func:`local_rows` for ``targets`` (one example)."""
   _, sizes = _geometry(levels)
-  out = levels[0].conv.out_shape
+  out = levels[0].conv.out_nhwc
   return sum(out[1] * out[2] * out[3] * sizes[i + 1][0] * sizes[i + 1][1]
-             * lv.conv.in_shape[3] for i, lv in enumerate(levels)
+             * lv.conv.in_nhwc[3] for i, lv in enumerate(levels)
              for s, _ in lv.sources if s.index in targets)
+
+
+def row_widths(levels):
+  """``(C_out, widest window cotangent per row)`` of a local pull."""
+  _, sizes = _geometry(levels)
+  c_out = levels[0].conv.out_nhwc[3]
+  widest = max(sizes[i + 1][0] * sizes[i + 1][1] * lv.conv.k.shape[2]
+               for i, lv in enumerate(levels))
+  return c_out, widest
+
+
+def from_rows(r, levels):
+  """A ``[P, C_out]`` radius (row-major positions) in the chain's layout."""
+  spec = levels[0].conv.out_spec
+  return from_nhwc(r.reshape(levels[0].conv.out_nhwc), spec)
 
 
 def _windows(arr, origin, size):
@@ -172,22 +201,25 @@ def _prepare(levels, targets):
   """Static per-level data of a local pull: window convs, scales, sources."""
   origins, sizes = _geometry(levels)
   local_convs, per_level = [], []
+  knobs = tuning.get()
+  spec = levels[0].conv.lhs_spec
   for i, level in enumerate(levels):
     c = level.conv
     size_in = sizes[i + 1]
     local = conv_ops.Conv(c.k, c.strides, ((0, 0), (0, 0)), (1, 1), NHWC,
                           NHWC, (1,) + size_in + (c.k.shape[2],))
     # Windows are small: their transposed convs run as one GEMM with the
-    # window's Jacobian when that costs at most LOCAL_DENSE_RATIO times the
+    # window's Jacobian when that costs at most ``local_dense_ratio`` times the
     # conv's FLOPs (XLA:CPU runs the strided transposes of such tiny maps
     # as a chain of pads and adds).
     fan_in = int(np.prod(c.k.shape[:-1]))
-    if (local.in_size <= LOCAL_DENSE_RATIO * fan_in
-        and local.in_size * local.out_size <= conv_ops.DENSE_MAX_ELEMS):
+    if (local.in_size <= knobs.local_dense_ratio * fan_in
+        and local.in_size * local.out_size <= knobs.dense_max_elems):
       local.dense = True
     local_convs.append(local)
-    scales = [_windows(s, origins[i + 1], size_in) for s in level.scales]
-    betas = [(s, _windows(s.beta, origins[i + 1], size_in), at)
+    scales = [_windows(to_nhwc(s, spec), origins[i + 1], size_in)
+              for s in level.scales]
+    betas = [(s, _windows(to_nhwc(s.beta, spec), origins[i + 1], size_in), at)
              for s, at in level.sources if s.index in targets]
     per_level.append((scales, betas))
   return local_convs, per_level
@@ -204,7 +236,7 @@ def _walk(levels, prepared, pos, visit):
   conv, so ``ct`` is that conv's kernel alone (it depends on no input).
   """
   local_convs, per_level = prepared
-  c_out = levels[0].conv.out_shape[3]
+  c_out = levels[0].conv.out_nhwc[3]
   dtype = levels[0].conv.k.dtype
   b = pos.shape[0]
   # One-hot rows for every channel of these positions: [b * C, 1, 1, 1, C].
@@ -246,7 +278,7 @@ def local_rows(levels, targets):
   ``P * C_out`` windows per point.
   """
   prepared = _prepare(levels, targets)
-  out_shape = levels[0].conv.out_shape
+  out_shape = levels[0].conv.out_nhwc
   pos = jnp.arange(out_shape[1] * out_shape[2])
   rows = {}
 
@@ -287,9 +319,9 @@ def local_radius(levels, targets, row_block: int):
       the window cotangents small).
 
   Returns:
-    ``[1, H, W, C]`` radius at the chain's output.
+    The radius at the chain's output, in its layout.
   """
-  out_shape = levels[0].conv.out_shape
+  out_shape = levels[0].conv.out_nhwc
   n_pos, c_out = out_shape[1] * out_shape[2], out_shape[3]
   dtype = levels[0].conv.k.dtype
   prepared = _prepare(levels, targets)
@@ -310,4 +342,4 @@ def local_radius(levels, targets, row_block: int):
     r = block(idx[0])
   else:
     r = jax.lax.map(block, idx).reshape(-1)
-  return r.reshape(nb * rb, c_out)[:n_pos].reshape(out_shape)
+  return from_rows(r.reshape(nb * rb, c_out)[:n_pos], levels)

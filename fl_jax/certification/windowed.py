@@ -52,13 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fl_jax.certification import conv_ops
 from fl_jax.certification import local_chain
+from fl_jax.certification import nodes as nd
+from fl_jax.certification import tuning
 from fl_jax.certification.conv_ops import EXACT
 
-# Widths a block's kept columns are padded to: see _widths.
-MIN_WIDTH = 8
-WIDTH_GROWTH = 2 ** 0.5
-GLOBAL_WIDTHS = 6
 _FLOP_SINKS: List[list] = []
 
 
@@ -125,32 +124,33 @@ class Plan(NamedTuple):
   flops: float          # GEMM FLOPs per point with every column kept
   elems: int            # largest array per point (local rows, blocks)
   dense_at: Optional[np.ndarray]   # dense input position of each chain
-                                   # element (None: the identity)
+                                   # element, NHWC order (None: identity)
+  spec: tuple           # the chain's layout (batch, feature, spatial...)
 
 
 def _walk_to_chain(node, targets):
   """(permutation ops, scales, chain top) between a dense op and its chain."""
-  if not (getattr(node, 'explicit_rows', None) is not None
-          and len(node.inputs) == 1):
+  if not isinstance(node, nd.DenseOp):
     return None
   perms, scales = [], []
   x = node.inputs[0]
   while True:
-    if not hasattr(x, 'is_sum'):          # a Source: no conv chain below
+    if isinstance(x, nd.Source):          # no conv chain below
       return None
-    if x.conv is not None:
+    if isinstance(x, nd.ConvOp):
       return perms, scales, x
-    if x.is_sum:
-      rest = [i for i in x.inputs if hasattr(i, 'is_sum')]
-      srcs = [i for i in x.inputs if not hasattr(i, 'is_sum')]
+    if isinstance(x, nd.SumOp):
+      rest = [i for i in x.inputs if not isinstance(i, nd.Source)]
+      srcs = [i for i in x.inputs if isinstance(i, nd.Source)]
       if len(rest) != 1 or any(s.index in targets for s in srcs):
         return None
       x = rest[0]
-    elif getattr(x, 'scale', None) is not None and len(x.inputs) == 1:
+    elif isinstance(x, nd.ScaleOp):
       scales.append(x.scale)
       x = x.inputs[0]
-    elif (getattr(x, 'prim_name', None) in _PERMUTATIONS and not scales
-          and len(x.inputs) == 1 and x.size == x.inputs[0].size):
+    elif (isinstance(x, nd.PrimOp) and x.prim_name in _PERMUTATIONS
+          and not scales and len(x.inputs) == 1
+          and x.size == x.inputs[0].size):
       perms.append(x)
       x = x.inputs[0]
     else:
@@ -173,9 +173,10 @@ def _axis_blocks(size, out_size, stride, pad, window) -> _Axis:
 
 def _source_plan(s, level_i, levels, geometry):
   origins, sizes = geometry
-  _, oh_n, ow_n, c_out = levels[0].conv.out_shape
-  _, h, w, c_in = levels[level_i].conv.in_shape
-  if tuple(s.shape) != (1, h, w, c_in):
+  _, oh_n, ow_n, c_out = levels[0].conv.out_nhwc
+  _, h, w, c_in = levels[level_i].conv.in_nhwc
+  perm = conv_ops.nhwc_perm(levels[level_i].conv.lhs_spec)
+  if len(s.shape) != 4 or tuple(s.shape[d] for d in perm) != (1, h, w, c_in):
     return None
   strides = np.ones(2, np.int64)
   for lv in levels[:level_i + 1]:
@@ -188,7 +189,7 @@ def _source_plan(s, level_i, levels, geometry):
   k_dim = axes[0].n_win * axes[1].n_win * c_out
   n_dim = axes[0].stride * axes[1].stride * c_in
   columns = None
-  if getattr(s, 'sparse', False):
+  if s.sparse:
     columns = _column_index(axes, c_out, c_in, (oh_n, ow_n),
                             sizes[level_i + 1])
   return _SourcePlan(s, axes, c_in, (nb, k_dim, n_dim), columns)
@@ -229,12 +230,14 @@ def plan(node, blocks) -> Optional[Plan]:
   levels = local_chain.chain_of(top, targets)
   if levels is None:
     return None
-  chain_shape = tuple(top.shape)
-  chain_size = int(np.prod(chain_shape))
-  # Where each chain-output element lands in the dense input (exact: the ops
-  # between are permutations, applied to an iota).
+  chain_size = int(np.prod(top.shape))
+  spec = top.conv.out_spec
+  # Which chain-output element (NHWC order, whatever the chain's layout) each
+  # dense input reads (exact: the ops between are permutations, applied to
+  # an iota).
   with jax.ensure_compile_time_eval():
-    v = jnp.arange(chain_size, dtype=jnp.float32).reshape(chain_shape)
+    v = jnp.arange(chain_size, dtype=jnp.float32).reshape(top.conv.out_nhwc)
+    v = local_chain.from_nhwc(v, spec)
     for op in reversed(perms):
       v = op.fn(v)
     chain_at = np.asarray(v).reshape(-1).astype(np.int64)
@@ -259,7 +262,7 @@ def plan(node, blocks) -> Optional[Plan]:
   elems = max([local_chain.rows_size(levels, targets)]
               + [int(np.prod(sp.shape)) for sp in sources])
   return Plan(node, top, levels, scales, sources, flops, elems,
-              None if identity else np.argsort(chain_at))
+              None if identity else np.argsort(chain_at), spec)
 
 
 def _block_matrix(rows, sp: _SourcePlan):
@@ -353,17 +356,20 @@ def _compact(mask, width):
 def _widths(full: int, per_block: bool = True):
   """Widths the kept columns are padded to.
 
-  Per block: 0 (nothing kept), multiples of ``MIN_WIDTH`` growing by about
-  ``WIDTH_GROWTH``, and ``full`` (every column, no gather). One width for
-  all blocks: 0 and ``full / 2^k`` for ``k < GLOBAL_WIDTHS`` (fewer
+  Per block: 0 (nothing kept), multiples of ``min_width`` growing by about
+  ``width_growth`` (``tuning``), and ``full`` (every column, no gather).
+  One width for all blocks: 0 and ``full / 2^k`` for ``k < global_widths`` (fewer
   branches, each a whole scan over the blocks, to keep compiles short).
   """
+  knobs = tuning.get()
   if not per_block:
-    return sorted({0} | {-(-full // (1 << k)) for k in range(GLOBAL_WIDTHS)})
-  out, wd = [0], MIN_WIDTH
+    return sorted({0} | {-(-full // (1 << k))
+                         for k in range(knobs.global_widths)})
+  out, wd = [0], knobs.min_width
   while wd < full:
     out.append(wd)
-    wd = -(-int(np.ceil(wd * WIDTH_GROWTH)) // MIN_WIDTH) * MIN_WIDTH
+    wd = (-(-int(np.ceil(wd * knobs.width_growth)) // knobs.min_width)
+          * knobs.min_width)
   out.append(full)
   return out
 
@@ -444,7 +450,7 @@ def _block_radius(weight, mask, n_pts, fetch, data, widths=None,
 
 
 def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
-           param_only=None, per_block: Optional[bool] = None):
+           per_block: Optional[bool] = None):
   """``sum_{s in plan} |W diag(lam) L_s| beta_s`` at the dense output.
 
   Args:
@@ -456,9 +462,6 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
     rows: ``{block index: local rows}`` (``local_chain.local_rows``, as
       factors) already formed for the chain's own bounds; the others are
       formed here.
-    param_only: ``fn -> fn()`` for values of the parameters alone (the
-      windowed weights), e.g. ``Graph.param_only``, which hoists them out of
-      the loop over chunks.
     per_block: pick GEMM widths block by block (see :func:`_block_radius`);
       default: on the CPU only.
 
@@ -468,19 +471,18 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
   node = p.node
   n_out = node.size
   dtype = node.dtype
-  chain_shape = p.levels[0].conv.out_shape            # [1, Oh, Ow, C]
-  param_only = param_only or (lambda fn: fn())
+  chain_shape = p.levels[0].conv.out_nhwc             # [1, Oh, Ow, C]
   if per_block is None:
-    per_block = jax.default_backend() == 'cpu'
+    per_block = tuning.get().per_block_widths
 
   def wc():
-    w2d = node.explicit_rows().reshape(n_out, -1)
+    w2d = node.rows().reshape(n_out, -1)
     if p.dense_at is not None:
       w2d = jnp.take(w2d, jnp.asarray(p.dense_at), axis=1)
     return w2d.reshape((n_out,) + tuple(chain_shape[1:]))
   scale = jnp.ones(chain_shape, dtype)
   for sc in p.scales:
-    scale = scale * sc
+    scale = scale * local_chain.to_nhwc(sc, p.spec)
   rows = dict(rows or {})
   missing = frozenset(sp.source.index for sp in p.sources) - set(rows)
   if missing:
@@ -494,7 +496,7 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
   n_pts = scales.shape[0]
   for sp in p.sources:
     pairs = rows[sp.source.index]   # [(ct[Oh Ow, C, wh, ww, Cin], beta_w, top)]
-    wp = param_only(lambda sp=sp: _padded_weights(wc(), sp))
+    wp = _padded_weights(wc(), sp)
     weight = lambda b, sp=sp, wp=wp: _window(wp, sp, b)      # [n_out, K]
     if sp.columns is None:
       # Every block's columns by static slices; keep the non-zero ones (the
@@ -520,7 +522,8 @@ def radius(p: Plan, axis_name: Optional[str] = None, rows=None,
       factors = [(ct.reshape(-1) if top else gather(ct).reshape(-1),
                   gather(bw).reshape(-1), not top) for ct, bw, top in pairs]
       sg = scales.reshape(-1)                           # [P * Oh Ow C]
-      mask = gather(_block_mask(sp.source.beta, sp))    # [P, nb, N]
+      mask = gather(_block_mask(
+          local_chain.to_nhwc(sp.source.beta, p.spec), sp))  # [P, nb, N]
       mask = jnp.transpose(mask, (1, 2, 0)).reshape(mask.shape[1], -1)
       m = mask.shape[1]
 

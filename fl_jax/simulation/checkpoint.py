@@ -67,6 +67,10 @@ def save(path: str, tree: Any) -> None:
 def load(path: str, template: Any) -> Any:
   """Loads a checkpoint into the structure of ``template``.
 
+  Leaves whose template is a NumPy array or scalar come back as NumPy with
+  the template's dtype (so float64 host values stay float64 without
+  ``jax_enable_x64``); the others as JAX arrays.
+
   Raises:
     FileNotFoundError: no checkpoint at ``path``.
     CheckpointCorruptError: the file is truncated or not a checkpoint.
@@ -101,5 +105,8 @@ def load(path: str, template: Any) -> Any:
     if arr.shape != tuple(np.shape(leaf)):
       raise ValueError(f'checkpoint {path}: {name} has shape {arr.shape}, '
                        f'expected {np.shape(leaf)}')
-    leaves.append(jnp.asarray(arr, dtype=jnp.asarray(leaf).dtype))
+    if isinstance(leaf, (np.ndarray, np.generic)):  # host values keep their dtype (float64)
+      leaves.append(np.asarray(arr, dtype=leaf.dtype))
+    else:
+      leaves.append(jnp.asarray(arr, dtype=jnp.asarray(leaf).dtype))
   return jax.tree.unflatten(treedef, leaves)

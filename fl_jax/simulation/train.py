@@ -128,9 +128,13 @@ def check_float_settings(cfg: Mapping[str, Any]) -> None:
       if bounds is None:
         continue
       lo, hi, lo_in, hi_in = bounds
-      if (v < lo or (v == lo and not lo_in)) or (v > hi or (v == hi and not hi_in)):
-        interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
-        raise ValueError(f'{name} must be in {interval}, got {v!r}')
+      interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+      if v < lo or (v == lo and not lo_in):
+        raise ValueError(f"{name} must be {'>=' if lo_in else '>'} {lo:g} (range {interval}), "
+                         f'got {v!r}')
+      if v > hi or (v == hi and not hi_in):
+        raise ValueError(f"{name} must be {'<=' if hi_in else '<'} {hi:g} (range {interval}), "
+                         f'got {v!r}')
 
 
 def config_to_dict(config) -> dict:
