@@ -115,18 +115,29 @@ def trimmed_mean(beta: float, method: str = 'auto') -> Aggregator:
     weights, present, all_finite = _common.prepare(updates, weights)
     n = jnp.sum(present.astype(jnp.int32))
     # t(n) = floor(beta * n) in exact Python arithmetic, tabulated over n <= C.
-    table = jnp.asarray([min(math.floor(beta * k), max(k - 1, 0) // 2)
-                         for k in range(c + 1)], jnp.int32)
-    t = table[n]
+    table = [min(math.floor(beta * k), max(k - 1, 0) // 2) for k in range(c + 1)]
+    t = jnp.asarray(table, jnp.int32)[n]
 
     if beta == 0.0:
       coef = present.astype(jnp.float32) / jnp.maximum(n, 1).astype(jnp.float32)
       out = _common.weighted_rows(updates, coef, present, all_finite)
     elif method == 'network' or (method == 'auto' and c <= NETWORK_MAX_CLIENTS):
+      # Every client present (the usual round) is its own branch: with the kept
+      # ranks known when compiling, XLA prunes the network to what they need
+      # (benchmarks/trimmed_mean.py: about 10x faster at 50 clients); a round
+      # with absent clients takes the general branch with traced ranks.
+      t_all = table[c]
+      ones = jnp.ones((c,), bool)
+
+      def net(x):
+        m = _common.rows(x)
+        total = jax.lax.cond(n == c,
+                             lambda: trimmed_sum_network(m, ones, c, t_all) / (c - 2 * t_all),
+                             lambda: trimmed_sum_network(m, present, n, t) / keep)
+        return _common.unrow(total, x)
+
       keep = jnp.maximum(n - 2 * t, 1).astype(jnp.float32)
-      out = jax.tree.map(
-          lambda x: _common.unrow(trimmed_sum_network(_common.rows(x), present, n, t) / keep, x),
-          updates)
+      out = jax.tree.map(net, updates)
     else:
       keep = jnp.maximum(n - 2 * t, 1).astype(jnp.float32)
       out = _order_stats.columnwise(
