@@ -274,6 +274,9 @@ class TrainDriverTest(absltest.TestCase):
                                               r'0.1, seed: 0 -> 5\).*--resume_allow=lr,seed'):
         train_lib.train(self.smoke_config(rounds=4, lr=0.1, seed=5), part, resume=True,
                         log=quiet)
+      with self.assertRaisesRegex(ValueError, r"resume_allow names keys \['lrr'\]"):
+        train_lib.train(self.smoke_config(rounds=4, lr=0.1), part, resume=True, log=quiet,
+                        resume_allow=('lrr',))
       with self.assertRaisesRegex(ValueError, 'rounds=3 is fewer than the 4 rounds'):
         train_lib.train(self.smoke_config(rounds=3), part, resume=True, log=quiet)
       self.assertEqual(json.load(open(os.path.join(part, 'config.json')))['lr'], 0.05)

@@ -720,6 +720,10 @@ def _check_resume(workdir: str, cfg: Mapping[str, Any], allow) -> None:
                             'resumed run has the same config; start in a new workdir')
   with open(path) as f:
     stored = json.load(f)
+  unknown = sorted(set(allow) - set(stored) - set(cfg))
+  if unknown:
+    raise ValueError(f'resume_allow names keys {unknown} that neither the stored nor the new '
+                     'config has')
   diff = resume_differences(stored, cfg, allow)
   if diff:
     shown = ', '.join(f'{k}: {stored.get(k, "<absent>")!r} -> {to_jsonable(cfg.get(k, "<absent>"))!r}'
