@@ -11,6 +11,12 @@ runs), runs one warm-up block and times ``--blocks`` blocks of
 
   python benchmarks/sweep_devices.py                          # D = 1, 2, 4, 8 simulated CPU devices
   python benchmarks/sweep_devices.py --devices=1,8 --runs=64 --model=mnist_cnn
+  python benchmarks/sweep_devices.py --clients_per_round=1000   # one round's clients split
+  python benchmarks/sweep_devices.py --clients_per_round=10000 --devices=1 --model=mnist_cnn
+
+With ``--clients_per_round=m`` it times instead one run whose round trains ``m``
+clients (``m`` of ``m``, MNIST split evenly among them), split over the ``D``
+devices (``client_devices=D``), and prints clients per second.
 """
 import json
 import os
@@ -27,6 +33,34 @@ _BLOCKS = flags.DEFINE_integer('blocks', 2, 'Timed blocks (after one warm-up blo
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 10, 'Rounds per block.')
 _MODEL = flags.DEFINE_string('model', 'mlp', 'Model of the runs.')
 _CHILD = flags.DEFINE_integer('child', 0, 'Internal: time D devices in this process.')
+_CLIENTS = flags.DEFINE_integer(
+    'clients_per_round', 0, 'If > 0: time one run whose round trains this many clients, '
+    'split over the devices (client_devices), instead of R runs split over them.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds with --clients_per_round.')
+
+
+def _time_clients(num_devices: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from fl_jax.simulation import init_server_state  # pylint: disable=g-import-not-at-top
+  from fl_jax.simulation import train as train_lib  # pylint: disable=g-import-not-at-top
+  from launch.configs import mnist_fedavg  # pylint: disable=g-import-not-at-top
+  m = _CLIENTS.value
+  c = mnist_fedavg.get_config()
+  c.update(model=_MODEL.value, num_clients=m, clients_per_round=m, client_devices=num_devices,
+           client_parallel='vmap', aggregator='mean', min_client_size=1)
+  exp = train_lib.build_experiment(c)
+  fresh = lambda: init_server_state(exp.model.init(jax.random.key(0)), exp.aggregator)
+  data, defender_data = train_lib.place_round_data(exp)
+  state, rm = exp.round_fn(fresh(), data, exp.attack_data, defender_data)
+  jax.block_until_ready(rm)
+  t = time.perf_counter()
+  for _ in range(_ROUNDS.value):
+    state, rm = exp.round_fn(state, data, exp.attack_data, defender_data)
+  jax.block_until_ready(rm)
+  dt = time.perf_counter() - t
+  return {'devices': num_devices, 'platform': jax.devices()[0].platform, 'clients': m,
+          'seconds_per_round': dt / _ROUNDS.value, 'clients_per_s': m * _ROUNDS.value / dt,
+          'examples_per_client': int(exp.clients.x.shape[1])}
 
 
 def _time_here(num_devices: int) -> dict:
@@ -64,11 +98,15 @@ def _time_here(num_devices: int) -> dict:
 def main(argv):
   del argv
   if _CHILD.value:
-    print('RESULT ' + json.dumps(_time_here(_CHILD.value)), flush=True)
+    timer = _time_clients if _CLIENTS.value else _time_here
+    print('RESULT ' + json.dumps(timer(_CHILD.value)), flush=True)
     return
   rows = []
   for d in (int(x) for x in _DEVICES.value):
-    if _RUNS.value % d:
+    if _CLIENTS.value and _CLIENTS.value % d:
+      raise app.UsageError(f'--clients_per_round={_CLIENTS.value} does not split over {d} '
+                           'devices')
+    if not _CLIENTS.value and _RUNS.value % d:
       raise app.UsageError(f'--runs={_RUNS.value} does not split over {d} devices')
     env = dict(os.environ)
     if 'cuda' not in env.get('JAX_PLATFORMS', '') and 'gpu' not in env.get('JAX_PLATFORMS', ''):
@@ -76,7 +114,8 @@ def main(argv):
                           f' --xla_force_host_platform_device_count={d}').strip()
     args = [sys.executable, os.path.abspath(__file__), f'--child={d}', f'--runs={_RUNS.value}',
             f'--blocks={_BLOCKS.value}', f'--eval_every={_EVAL_EVERY.value}',
-            f'--model={_MODEL.value}']
+            f'--model={_MODEL.value}', f'--clients_per_round={_CLIENTS.value}',
+            f'--rounds={_ROUNDS.value}']
     out = subprocess.run(args, env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
@@ -84,6 +123,12 @@ def main(argv):
       raise RuntimeError(f'child with {d} devices failed:\n{out.stderr[-3000:]}')
     rows.append(json.loads(line[0][len('RESULT '):]))
     r = rows[-1]
+    if _CLIENTS.value:
+      print(f"{r['devices']} {r['platform']} device(s), {r['clients']} clients per round "
+            f"({r['examples_per_client']} examples each): {r['seconds_per_round']:.3f} s/round, "
+            f"{r['clients_per_s']:.0f} clients/s, x{r['clients_per_s'] / rows[0]['clients_per_s']:.2f} "
+            f"vs {rows[0]['devices']} device(s)", flush=True)
+      continue
     print(f"{r['devices']} {r['platform']} device(s), {r['runs']} runs: "
           f"{r['run_rounds_per_s']:.2f} run-rounds/s, x{r['run_rounds_per_s'] / rows[0]['run_rounds_per_s']:.2f} "
           f"vs {rows[0]['devices']} device(s); block compiled {r['traces']} time(s)", flush=True)
