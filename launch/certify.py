@@ -1,12 +1,14 @@
 r"""Certifies a trained checkpoint of ``launch.train`` (DeepZono or IBP).
 
   python -m launch.certify --workdir=workdirs/mnist_fedavg
-  python -m launch.certify --workdir=workdirs/mnist_fat --split=train \
-      --num_points=1000 --eps=0.1,0.15,0.25 --domain=zonotope --chunk_size=50
+  python -m launch.certify --workdir=workdirs/mnist_fat --config.split=train \
+      --config.num_points=1000 --config.eps=0.1,0.15,0.25 --config.domain=zonotope
+
+Settings: ``launch/configs/certify.py`` (``--config.KEY=VALUE`` overrides).
 
 Rebuilds the model of the workdir, loads its parameters, takes the first
-``--num_points`` points of ``--split`` of the workdir's data set and, for
-every eps, prints and writes (JSON, default ``WORKDIR/certify_SPLIT.json``)
+``num_points`` points of ``split`` of the workdir's data set and, for
+every radius of ``eps``, prints and writes (JSON, default ``WORKDIR/certify_SPLIT.json``)
 the certified accuracy, the mean certifiable loss (Zizzo et al. 2021, Eq. 3),
 the number of certified points and the seconds taken (the first eps includes
 the one-off compilation; later radii reuse it).
@@ -17,16 +19,15 @@ import time
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
+from launch.configs.certify import DOMAINS, SPLITS
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'certify.py')
+_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
+                                          'Certification config file (with :preset).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir of launch.train.',
                                required=True)
-_SPLIT = flags.DEFINE_enum('split', 'test', ['train', 'test'],
-                           'Data split to certify.')
-_NUM = flags.DEFINE_integer('num_points', 100, 'First N points of the split.')
-_EPS = flags.DEFINE_list('eps', ['0.1'], 'Certification radii (L-inf).')
-_DOMAIN = flags.DEFINE_enum('domain', 'zonotope', ['zonotope', 'interval'],
-                            'Abstract domain.')
-_CHUNK = flags.DEFINE_integer('chunk_size', 50, 'Points per vmapped chunk.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSON (default in workdir).')
 
 
@@ -39,17 +40,26 @@ def main(argv):
   from fl_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from fl_jax.simulation import train  # pylint: disable=g-import-not-at-top
 
-  eps_list = [float(e) for e in _EPS.value]
-  if _NUM.value < 1 or any(e < 0 for e in eps_list):
-    raise app.UsageError('need --num_points >= 1 and every --eps >= 0')
+  c = _CONFIG.value
+  try:
+    eps_list = [float(e) for e in str(c.eps).split(',') if e.strip()]
+  except ValueError as e:
+    raise app.UsageError(f'eps={c.eps!r}: expected comma-separated numbers') from e
+  if not eps_list or any(not 0 <= e <= 1 for e in eps_list):
+    raise app.UsageError(f'eps={c.eps!r}: every radius must be in [0, 1]')
+  if c.num_points < 1 or c.chunk_size < 1:
+    raise app.UsageError(f'num_points={c.num_points}, chunk_size={c.chunk_size}: need >= 1')
+  if c.split not in SPLITS or c.domain not in DOMAINS:
+    raise app.UsageError(f'split={c.split!r}, domain={c.domain!r}: expected a split in '
+                         f'{SPLITS} and a domain in {DOMAINS}')
   model, params, cfg = train.restore(_WORKDIR.value)
-  ds = data_lib.load_dataset(cfg['dataset'], _SPLIT.value,
+  ds = data_lib.load_dataset(cfg['dataset'], c.split,
                              data_dir=cfg.get('data_dir') or None)
-  n = min(_NUM.value, ds.x.shape[0])
+  n = min(c.num_points, ds.x.shape[0])
   x, y = jnp.asarray(ds.x[:n]), jnp.asarray(ds.y[:n])
-  print(f'{cfg["model"]} on the first {n} {cfg["dataset"]} {_SPLIT.value} '
-        f'points, domain {_DOMAIN.value}, devices {jax.devices()}', flush=True)
-  kw = dict(domain=_DOMAIN.value, chunk_size=min(_CHUNK.value, n))
+  print(f'{cfg["model"]} on the first {n} {cfg["dataset"]} {c.split} '
+        f'points, domain {c.domain}, devices {jax.devices()}', flush=True)
+  kw = dict(domain=c.domain, chunk_size=min(c.chunk_size, n))
   rows = []
   for k, eps in enumerate(eps_list):
     t0 = time.perf_counter()
@@ -69,10 +79,10 @@ def main(argv):
           f'{row["certified"]}/{n} certified, {seconds:.2f} s'
           + (' (incl. compilation)' if k == 0 else ''), flush=True)
   out = _OUT.value or os.path.join(_WORKDIR.value,
-                                   f'certify_{_SPLIT.value}.json')
+                                   f'certify_{c.split}.json')
   with open(out, 'w') as f:
-    json.dump({'workdir': _WORKDIR.value, 'split': _SPLIT.value,
-               'domain': _DOMAIN.value, 'chunk_size': kw['chunk_size'],
+    json.dump({'workdir': _WORKDIR.value, 'split': c.split,
+               'domain': c.domain, 'chunk_size': kw['chunk_size'],
                'results': rows}, f, indent=2)
   print(f'wrote {out}')
 
