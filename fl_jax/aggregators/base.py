@@ -11,7 +11,10 @@ as ``chain(clip_norm(2.), median(), gaussian_noise(1e-3, seed))``.
 
 Updates are model *differences* ``u_i = w_i - w`` (client minus global), so
 the new global model is ``w + aggregate(u)``. Weights are the clients' sample
-counts ``n_i`` (any non-negative numbers; a zero weight means "absent").
+counts ``n_i`` (any non-negative numbers; a zero weight means "absent"; a
+negative concrete weight is a ValueError, while under ``jit``, where weights are
+traced and cannot be checked, a negative weight also means "absent"). Leaves
+must be floating-point: an integer leaf is a ValueError.
 
 Non-finite rule (all stages): a client whose update or weight holds a NaN or
 Inf is treated as absent, exactly like a client of weight zero: its weight is
