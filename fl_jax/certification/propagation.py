@@ -114,7 +114,7 @@ class Options(NamedTuple):
   Attributes:
     domain: ``'zonotope'`` or ``'interval'``.
     strategy: ``'auto'`` or an order's name (``planner.ORDER_NAMES``).
-    chunk_size: points per chunk (resolved: divides the padded count).
+    chunk_size: points per chunk (resolved; a last chunk may be shorter).
     max_block_elems: memory budget of a chunk (array elements).
     labels: the call has labels (a ``Certificate``) or not (the output
       set, ``propagate``).
@@ -300,11 +300,22 @@ def _batched(apply_fn, params, x, y, eps, lo, hi, *, opts: Options):
     return jax.vmap(one, axis_name=_POINTS)(*args)
 
   # Chunks of ``chunk`` points, vmapped under a named axis (the windowed
-  # order pools the sparse columns of a chunk), mapped over by ``lax.map``.
-  main = jax.tree.map(
-      lambda a: a.reshape((n // chunk, chunk) + a.shape[1:]), (x, y, eps))
-  out = jax.lax.map(chunk_fn, main)
-  return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
+  # order pools the sparse columns of a chunk), mapped over by ``lax.map``;
+  # a last, shorter chunk runs on its own.
+  n_main = (n // chunk) * chunk
+  parts = []
+  if n_main:
+    main = jax.tree.map(
+        lambda a: a[:n_main].reshape((n // chunk, chunk) + a.shape[1:]),
+        (x, y, eps))
+    out = jax.lax.map(chunk_fn, main)
+    parts.append(jax.tree.map(
+        lambda a: a.reshape((n_main,) + a.shape[2:]), out))
+  if n_main < n:
+    parts.append(chunk_fn(jax.tree.map(lambda a: a[n_main:], (x, y, eps))))
+  if len(parts) == 1:
+    return parts[0]
+  return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 # --- planning and chunking -----------------------------------------------------
@@ -354,18 +365,18 @@ def _chunking(n: int, chunk_size: Optional[int], rigid: int,
               max_block_elems: int) -> Tuple[int, int]:
   """``(chunk, padded number of points)`` for ``n`` points.
 
-  ``chunk_size`` given: that size (at most the bucket of ``n``). Else the
+  The points are padded to ``n``'s bucket. ``chunk_size`` given: that size
+  (at most the bucket; a last, shorter chunk runs on its own). Else the
   largest chunk whose rigid intermediates (``rigid`` elements per point)
   fit ``max_block_elems``, at most ``Tuning.max_chunk``, balanced over the
   chunks of the bucket.
   """
   nb = _bucket(n)
   if chunk_size is not None:
-    chunk = min(int(chunk_size), nb)
-  else:
-    cap = min(tuning_lib.get().max_chunk,
-              max(1, max_block_elems // max(rigid, 1)))
-    chunk = -(-nb // -(-nb // cap))
+    return min(int(chunk_size), nb), nb
+  cap = min(tuning_lib.get().max_chunk,
+            max(1, max_block_elems // max(rigid, 1)))
+  chunk = -(-nb // -(-nb // cap))
   return chunk, -(-nb // chunk) * chunk
 
 
