@@ -380,7 +380,7 @@ def _chunking(n: int, chunk_size: Optional[int], rigid: int,
   return chunk, -(-nb // chunk) * chunk
 
 
-def _prepare(apply_fn, params, x, y, eps, lo, hi, domain, chunk_size,
+def _prepare(apply_fn, params, x, y, eps, *, lo, hi, domain, chunk_size,
              strategy, max_block_elems, labels):
   """Checks, plans and pads a call; ``(args, opts, plans, n)``."""
   _check(x, y, eps, lo, hi, domain, chunk_size, strategy)
@@ -409,10 +409,13 @@ def _prepare(apply_fn, params, x, y, eps, lo, hi, domain, chunk_size,
   return (pad(x), pad(y), pad(eps), lo, hi), opts, plans, n
 
 
-def _call(apply_fn, params, x, y, eps, lo, hi, domain, chunk_size, strategy,
-          max_block_elems, labels):
-  args, opts, _, n = _prepare(apply_fn, params, x, y, eps, lo, hi, domain,
-                              chunk_size, strategy, max_block_elems, labels)
+def _call(apply_fn, params, x, y, eps, **settings):
+  """``_batched`` on the padded points; the padding cut off again.
+
+  ``settings``: ``lo``, ``hi``, ``domain``, ``chunk_size``, ``strategy``,
+  ``max_block_elems``, ``labels`` (see ``_prepare``).
+  """
+  args, opts, _, n = _prepare(apply_fn, params, x, y, eps, **settings)
   out = _batched(apply_fn, params, *args, opts=opts)
   if args[0].shape[0] == n:
     return out
@@ -461,8 +464,9 @@ def propagate(apply_fn: ApplyFn, params: Params, x: Array, eps, *,
     ``Interval(lower[B, Q], upper[B, Q])``. Per-point bounds of a zonotope:
     ``jax.vmap(Zonotope.bounds)(z)``.
   """
-  return _call(apply_fn, params, x, None, eps, lo, hi, domain, chunk_size,
-               strategy, max_block_elems, False)
+  return _call(apply_fn, params, x, None, eps, lo=lo, hi=hi, domain=domain,
+               chunk_size=chunk_size, strategy=strategy,
+               max_block_elems=max_block_elems, labels=False)
 
 
 def certificate(apply_fn: ApplyFn, params: Params, x: Array, y: Array, eps,
@@ -483,8 +487,9 @@ def certificate(apply_fn: ApplyFn, params: Params, x: Array, y: Array, eps,
     >>> c = certificate(model.apply, params, x, y, 0.05)
     >>> c.certified.mean(), c.margin_upper().max(1), c.logit_upper
   """
-  return _call(apply_fn, params, x, y, eps, lo, hi, domain, chunk_size,
-               strategy, max_block_elems, True)
+  return _call(apply_fn, params, x, y, eps, lo=lo, hi=hi, domain=domain,
+               chunk_size=chunk_size, strategy=strategy,
+               max_block_elems=max_block_elems, labels=True)
 
 
 def logit_difference_bounds(apply_fn: ApplyFn, params: Params, x: Array,
