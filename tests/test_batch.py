@@ -8,6 +8,8 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
+from fl_jax import metrics as metrics_lib
+
 from fl_jax.simulation import batch as batch_lib
 from fl_jax.simulation import train as train_lib
 from launch import sweep_lib
@@ -102,6 +104,11 @@ class BatchTest(absltest.TestCase):
       self.assert_same_run(dirs[i], alone, rtol=1e-4, atol=1e-5)
     rows = read(os.path.join(dirs[1], 'rounds.jsonl'))
     self.assertIn('defender/pgd_accuracy@0.2', rows[0])   # named as a run alone names it
+    # Each run of the batch writes TensorBoard events beside metrics.jsonl, as a run alone does.
+    for d in dirs:
+      tb = metrics_lib.read_scalars(d)
+      self.assertEqual([s for s, _ in tb['test_accuracy']],
+                       [r['round'] for r in read(os.path.join(d, 'metrics.jsonl'))])
 
   def test_runs_are_independent(self):
     configs = [smoke(seed=0, norm_bound=1.0), smoke(seed=1, lr=0.1, norm_bound=1.0),

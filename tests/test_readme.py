@@ -19,7 +19,8 @@ class ReadmeTest(absltest.TestCase):
       out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                            text=True, timeout=600)
       self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-      self.assertIn('test accuracy', out.stdout)
+      self.assertTrue(out.stdout.strip(), code)   # each block prints its result
+    self.assertIn('test accuracy', ''.join(blocks))
 
 
 if __name__ == '__main__':

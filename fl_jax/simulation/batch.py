@@ -120,7 +120,7 @@ def check_batch(configs: Sequence[Mapping[str, Any]]) -> None:
   if not configs:
     raise ValueError('a batch needs at least one run')
   for cfg in configs:
-    if cfg.get('client_devices', 1) != 1:
+    if cfg['client_devices'] != 1:
       raise ValueError(f'client_devices={cfg["client_devices"]!r}: a vectorized batch splits '
                        'its runs over devices (run_batch(mesh=), launch.sweep --devices), '
                        'not the clients of each run; set client_devices=1')
@@ -374,7 +374,8 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
   state = make_init_fn(batch)(settings, defender_data, batch.init_params)
   per_round = bool(cfg0.get('attack')) or bool(cfg0.get('defender'))
   writes = distributed.is_main_process()  # several processes: only process 0 writes
-  writers = [JsonlWriter(os.path.join(w, 'metrics.jsonl')) for w in workdirs]
+  writers = [JsonlWriter(os.path.join(w, 'metrics.jsonl'), tensorboard_dir=w if writes else None)
+             for w in workdirs]
   round_writers = [JsonlWriter(os.path.join(w, 'rounds.jsonl')) for w in workdirs]
   for cfg, w in zip(batch.configs, workdirs):
     if writes:
@@ -467,6 +468,8 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
       with open(os.path.join(w, 'summary.json'), 'w') as f:
         json.dump(to_jsonable(summary), f, indent=2, sort_keys=True)
     summaries.append(summary)
+  for wr in writers:
+    wr.close()
   log(f'[{name}] {num} runs done; compiled the block {block.num_traces()} time(s)')
   return summaries
 

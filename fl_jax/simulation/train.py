@@ -56,7 +56,9 @@ REQUIRED_KEYS = (
     'momentum', 'weight_decay', 'adv_train', 'adv_eps', 'adv_steps',
     'adv_step_size', 'adv_fraction', 'aggregator', 'norm_bound', 'dp_sigma',
     'eval_every', 'eval_pgd_eps', 'eval_pgd_steps', 'eval_pgd_restarts',
-    'eval_pgd_points', 'checkpoint_every', 'init_checkpoint')
+    'eval_pgd_points', 'checkpoint_every', 'init_checkpoint', 'client_devices',
+    'aggregate_layout', 'model_width', 'num_byzantine', 'multi_krum_m', 'trim_beta', 'gm_nu',
+    'gm_tol', 'gm_max_iters', 'attack', 'defender', 'eval_ap_ratio', 'eval_pgd_temperature')
 # Keys of the edge-case attacks ('edge_blackbox', 'edge_pgd', 'edge_replacement').
 EDGE_KEYS = (
     'num_malicious', 'malicious_seed', 'attack_schedule', 'attack_frequency',
@@ -147,7 +149,13 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
   """Raises ValueError naming missing keys or bad values."""
   missing = [k for k in REQUIRED_KEYS if k not in cfg]
   if missing:
-    raise ValueError(f'config lacks keys {missing}')
+    raise ValueError(f'config lacks keys {missing}; build configs from '
+                     'launch/configs/mnist_fedavg.py (get_config() holds every key with its '
+                     'default) and override what differs')
+  if isinstance(cfg['client_devices'], bool) or not isinstance(cfg['client_devices'], int) or (
+      cfg['client_devices'] < 1 and cfg['client_devices'] != -1):
+    raise ValueError(f"client_devices must be an int >= 1 or -1 (all devices), got "
+                     f"{cfg['client_devices']!r}")
   for k in ('num_clients', 'clients_per_round', 'rounds', 'local_epochs',
             'batch_size', 'eval_every', 'checkpoint_every'):
     if not isinstance(cfg[k], int) or cfg[k] <= 0:
@@ -169,11 +177,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
   if edge_lib.has_edge_task(cfg):
     missing = [k for k in EDGE_KEYS if k not in cfg]
     if missing:
-      raise ValueError(f"an edge-case config (attack {cfg.get('attack')!r}, edge_source "
+      raise ValueError(f"an edge-case config (attack {cfg['attack']!r}, edge_source "
                        f"{cfg.get('edge_source')!r}) needs the config keys {missing} "
                        '(see launch/configs/edge_case.py)')
     edge_lib.check_edge_config(cfg)
-  if cfg.get('attack') and cfg.get('attack_schedule', 'fixed_pool') not in ATTACK_SCHEDULES:
+  if cfg['attack'] and cfg['attack_schedule'] not in ATTACK_SCHEDULES:
     raise ValueError(f"unknown attack_schedule {cfg['attack_schedule']!r}; expected one "
                      f'of {ATTACK_SCHEDULES}')
 
@@ -226,20 +234,20 @@ def build_craft(cfg, model, cert=None):
   if name == 'adaptive':
     if cert is None:
       raise ValueError("attack 'adaptive' needs the defender's certification set")
-    n = cfg.get('adaptive_points') or cfg['defender_cert_points']
+    n = cfg['adaptive_points'] or cfg['defender_cert_points']
     if not 0 < n <= cert.x.shape[0]:
       raise ValueError(f'adaptive_points ({n}) must be in [1, num_cert={cert.x.shape[0]}]')
-    eps = cfg.get('adaptive_eps') or float(cfg['defender_cert_eps'][0])
-    mode = cfg.get('adaptive_mode', 'match')
+    eps = cfg['adaptive_eps'] or float(cfg['defender_cert_eps'][0])
+    mode = cfg['adaptive_mode']
     objective = attacks.certification_objective(
         model.apply, cert.x[:n], cert.y[:n], eps, mode=mode,
-        chunk_size=cfg.get('adaptive_chunk') or None)
-    rhp = hp._replace(local_epochs=cfg.get('adaptive_epochs', 1),
-                      lr=cfg.get('adaptive_lr', 0.02))
+        chunk_size=cfg['adaptive_chunk'] or None)
+    rhp = hp._replace(local_epochs=cfg['adaptive_epochs'],
+                      lr=cfg['adaptive_lr'])
     return attacks.adaptive_distillation_craft(
         model.apply, objective, temperature=cfg['distill_temperature'],
         teacher_hp=dhp, student_hp=dhp, refine_hp=rhp,
-        weight=cfg.get('adaptive_weight', 1.0), match_global=(mode == 'match')), None
+        weight=cfg['adaptive_weight'], match_global=(mode == 'match')), None
   raise ValueError(f"unknown attack {name!r}; expected '', 'backdoor', 'distillation', "
                    f"'adaptive' or one of {edge_lib.EDGE_ATTACKS}")
 
@@ -301,7 +309,7 @@ def build_attack(cfg, model, data: 'ExperimentData'):
   The attacker's data is the malicious clients' pooled data, or ``D'`` of the
   edge-case task.
   """
-  if not cfg.get('attack'):
+  if not cfg['attack']:
     return None, None, None, None
   if data.edge is not None:
     from fl_jax import attacks  # pylint: disable=g-import-not-at-top
@@ -319,10 +327,10 @@ def build_attack_fn(cfg, model, is_malicious, cert=None):
   Needs no client data, so a vectorized sweep builds it inside its traced
   program with per-run settings (e.g. ``attack_lr``) as traced values.
   """
-  if not cfg.get('attack'):
+  if not cfg['attack']:
     return None, None
   from fl_jax import attacks  # pylint: disable=g-import-not-at-top
-  if cfg.get('attack_schedule', 'fixed_pool') == 'fixed_frequency':
+  if cfg['attack_schedule'] == 'fixed_frequency':
     part = attacks.fixed_frequency(
         cfg['num_clients'], cfg['clients_per_round'], cfg['attack_frequency'],
         attacker_ids=tuple(int(i) for i in np.flatnonzero(is_malicious)),
@@ -344,7 +352,7 @@ DEFENDER_CHECKS = ('clean', 'pgd', 'cert_acc', 'cert_loss')
 
 def build_defender(cfg, model, cert, val):
   """The certified defender of the config, or ``(None, None)``."""
-  if not cfg.get('defender'):
+  if not cfg['defender']:
     return None, None
   from fl_jax import defender as defender_lib  # pylint: disable=g-import-not-at-top
   checks = [c.strip() for c in cfg['defender_checks'].split(',') if c.strip()]
@@ -368,8 +376,8 @@ def build_defender(cfg, model, cert, val):
                                  acc_ratio=cfg['defender_acc_ratio'],
                                  loss_tol=cfg['defender_loss_tol'],
                                  loss_atol=cfg['defender_loss_atol'],
-                                 acc_atol=cfg.get('defender_acc_atol', 0.0),
-                                 loss_down_tol=cfg.get('defender_loss_down_tol'))
+                                 acc_atol=cfg['defender_acc_atol'],
+                                 loss_down_tol=cfg['defender_loss_down_tol'])
   data = defender_lib.DefenderData(jnp.asarray(val.x[:nv]), jnp.asarray(val.y[:nv]),
                                    jnp.asarray(cert.x[:nc]), jnp.asarray(cert.y[:nc]))
   return d, data
@@ -392,14 +400,14 @@ def build_aggregator(cfg) -> agg_lib.Aggregator:
   hp = {}
   name = cfg['aggregator']
   if name in ('krum', 'multi_krum', 'bulyan'):
-    hp['num_byzantine'] = cfg.get('num_byzantine', 1)
-  if name == 'multi_krum' and cfg.get('multi_krum_m', 0):
+    hp['num_byzantine'] = cfg['num_byzantine']
+  if name == 'multi_krum' and cfg['multi_krum_m']:
     hp['m'] = cfg['multi_krum_m']
   if name == 'trimmed_mean':
-    hp['beta'] = cfg.get('trim_beta', 0.2)
+    hp['beta'] = cfg['trim_beta']
   if name == 'geometric_median':
-    hp.update(nu=cfg.get('gm_nu', 1e-5), tol=cfg.get('gm_tol', 1e-1),
-              max_iters=cfg.get('gm_max_iters', 500))
+    hp.update(nu=cfg['gm_nu'], tol=cfg['gm_tol'],
+              max_iters=cfg['gm_max_iters'])
   norm_bound = cfg['norm_bound']
   if not is_traced(norm_bound) and not norm_bound:
     norm_bound = None   # 0 = no clipping
@@ -461,7 +469,7 @@ def partition_data(cfg: Mapping[str, Any], train_ds, test_ds) -> ExperimentData:
 def build_model(cfg: Mapping[str, Any], input_shape, num_classes) -> models_lib.Model:
   """The model of ``cfg``; ``model_width`` (if not 1) scales its hidden widths."""
   kwargs = {}
-  width = cfg.get('model_width', 1.0)
+  width = cfg['model_width']
   if width != 1.0:
     if cfg['model'] not in WIDTH_MODELS:
       raise ValueError(f"model_width={width!r} needs a model with a width multiplier "
@@ -486,7 +494,7 @@ class RoundParts(NamedTuple):
 
 def client_sharding(cfg: Mapping[str, Any]):
   """``None``, or the split of the sampled clients over ``cfg['client_devices']`` devices."""
-  n = cfg.get('client_devices', 1)
+  n = cfg['client_devices']
   if n == 1:
     return None
   return distributed.split_leading(
@@ -505,7 +513,7 @@ def build_round(cfg: Mapping[str, Any], model: models_lib.Model, cert, val, *,
   client_update = build_client_update(cfg, model)
   aggregator = build_aggregator(cfg)
   attack, trigger = None, None
-  if cfg.get('attack'):
+  if cfg['attack']:
     attack, trigger = build_attack_fn(cfg, model, malicious_mask(cfg), cert)
   defender, _ = build_defender(cfg, model, cert, val)
   round_fn = make_round_fn(
@@ -514,7 +522,7 @@ def build_round(cfg: Mapping[str, Any], model: models_lib.Model, cert, val, *,
       client_parallel=cfg['client_parallel'] or None,
       chunk_size=cfg['chunk_size'] or None, attack=attack, defender=defender, jit=jit,
       client_sharding=client_sharding(cfg),
-      aggregate_layout=cfg.get('aggregate_layout', 'params'))
+      aggregate_layout=cfg['aggregate_layout'])
   return RoundParts(client_update, aggregator, attack, defender, round_fn, trigger)
 
 
@@ -577,10 +585,10 @@ def evaluate_arrays(cfg: Mapping[str, Any], model: models_lib.Model, params, rou
     if 'honest_x' in target:
       out['honest_edge_accuracy'] = metrics_lib.accuracy(model.apply, params,
                                                          target['honest_x'], target['honest_y'])
-  if cfg.get('eval_ap_ratio') and clients is not None:
+  if cfg['eval_ap_ratio'] and clients is not None:
     acc = metrics_lib.per_client_accuracy(model.apply, params, clients.x, clients.y,
                                           clients.mask)
-    if cfg.get('attack') or edge_lib.has_edge_task(cfg):  # the attackers' partitions
+    if cfg['attack'] or edge_lib.has_edge_task(cfg):  # the attackers' partitions
       acc = jnp.where(jnp.asarray(malicious_mask(cfg)), jnp.nan, acc)
     out['ap_ratio'] = metrics_lib.ap_ratio(acc)
     out['client_accuracy_min'] = jnp.nanmin(acc)
@@ -588,7 +596,7 @@ def evaluate_arrays(cfg: Mapping[str, Any], model: models_lib.Model, params, rou
     n = min(cfg['eval_pgd_points'], test_x.shape[0])
     key = jax.random.fold_in(jax.random.key(cfg['seed'] + 1), round_idx)
     temps = [('pgd_accuracy', 1.0)]
-    if cfg.get('eval_pgd_temperature'):  # the distillation attacker's view
+    if cfg['eval_pgd_temperature']:  # the distillation attacker's view
       temps.append(('temp_pgd_accuracy', cfg['eval_pgd_temperature']))
     for name, t in temps:
       for eps in cfg['eval_pgd_eps']:

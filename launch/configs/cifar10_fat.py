@@ -34,7 +34,7 @@ def set_cifar10(c):
   """Sets (in place) the keys whose MNIST values the paper changes for CIFAR-10.
 
   Shared by this config and ``table1_cifar10.py``; keys a config does not have
-  are added (ConfigDicts are not locked).
+  are added (the caller unlocks a locked base first).
   """
   c.dataset = 'cifar10'
   c.model = 'cifar_cnn'
@@ -54,11 +54,14 @@ def set_cifar10(c):
 
 
 def get_config(arg: str = ''):
-  c = set_cifar10(mnist_fat.get_config())
+  c = mnist_fat.get_config()
+  c.unlock()  # the base is locked; this file adds its own keys
+  c = set_cifar10(c)
   c.init_checkpoint = ''    # from scratch (no CIFAR-10 FedAvg stage)
   c.rounds = 3000
   c.eval_every = 100
   c.checkpoint_every = 100
   if arg:
     raise ValueError(f'unknown preset {arg!r}; expected ""')
+  c.lock()
   return c

@@ -101,7 +101,9 @@ def set_edge_case(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  c = set_edge_case(mnist_fedavg.get_config())
+  c = mnist_fedavg.get_config()
+  c.unlock()  # the base is locked; this file adds its own keys
+  c = set_edge_case(c)
   if arg in ('cpu', 'fast'):
     c.model = 'lenet5' if arg == 'cpu' else 'mlp'
     c.clients_per_round = 10
@@ -127,4 +129,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.edge_num_test = 40
   elif arg:
     raise ValueError(f"unknown preset {arg!r}; expected '', 'cpu', 'fast' or 'smoke'")
+  c.lock()
   return c

@@ -10,6 +10,9 @@ To fit a 2-core CPU the run starts from the FedAvg model of the main job
   python -m launch.train --workdir=workdirs/mnist_fedavg
   python -m launch.train --config=launch/configs/mnist_fat.py --workdir=workdirs/mnist_fat
 
+Expected: 97.69% clean and 88.32% PGD accuracy (eps 0.25, 20 steps, all test
+points) after 400 rounds, 24.6 min on a 2-core CPU (docs/certified_fat.md).
+
 Preset ``short`` trains fewer rounds with a cheaper attack in the local loop.
 """
 from launch.configs import mnist_fedavg
@@ -17,6 +20,7 @@ from launch.configs import mnist_fedavg
 
 def get_config(arg: str = ''):
   c = mnist_fedavg.get_config()
+  c.unlock()  # the base is locked; this file adds its own keys
   c.aggregator = 'median'
   c.adv_train = True
   c.adv_eps = 0.25
@@ -36,4 +40,5 @@ def get_config(arg: str = ''):
     c.rounds = 150
   elif arg:
     raise ValueError(f'unknown preset {arg!r}; expected "" or "short"')
+  c.lock()
   return c

@@ -7,6 +7,9 @@ MNIST CNN. Command::
 
   python -m launch.train --workdir=workdirs/mnist_fedavg
 
+Expected: 97.99% test accuracy after 300 rounds (97.08% at round 150), 7.4 min
+on a 2-core CPU (docs/certified_fat.md).
+
 Presets (``--config=launch/configs/mnist_fedavg.py:smoke``): ``smoke`` is a
 seconds-long run for tests.
 """
@@ -106,6 +109,25 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Allowed relative drop of the loss; unset: = loss_tol (the paper's two-sided rule).
   c.defender_loss_down_tol = ml_collections.config_dict.placeholder(float)
   c.defender_checks = 'clean,pgd,cert_acc,cert_loss'
+  # Edge-case attacks (Wang et al. 2020; launch/configs/edge_case.py sets them up):
+  # off here (attack '' and edge_source '').
+  c.model_width = 1.0           # hidden-width multiplier k (lenet, lenet5, mlp)
+  c.attack_schedule = 'fixed_pool'   # fixed_pool | fixed_frequency (an attacker every F rounds)
+  c.attack_frequency = 10       # F of fixed_frequency (attack rounds F, 2F, ..., 1-based)
+  c.pgd_delta = 1.5             # edge_pgd: l2 radius of the projection
+  c.replacement_delta = 0.3     # edge_replacement: l2 radius before boosting
+  c.replacement_send_delta = 0.0   # radius of the boosted update (0: unprojected)
+  c.delta_decay = 1.0           # per-round decay of the radii
+  c.project_every = 10          # local steps between projections
+  c.edge_source = ''            # '' (no edge set) | uci_digits | ardis | mnist (in-distribution)
+  c.edge_dir = ''               # ARDIS DATASET_IV files (edge_source='ardis')
+  c.edge_digit = 7              # the edge examples' digit ...
+  c.edge_target = 1             # ... relabelled to this class
+  c.edge_num_train = 66         # edge examples in the attacker's D'
+  c.edge_num_clean = 100        # clean examples in D'
+  c.edge_num_test = 0           # target-task test images (0: all of the source's)
+  c.edge_attacker_share = 1.0   # p: the attacker's share of the edge examples
+  c.edge_honest_clients = 0     # honest clients holding the rest (0: all, round-robin)
   # Evaluation.
   c.eval_every = 25
   c.eval_pgd_eps = ()       # e.g. (0.25,) to report PGD accuracy
@@ -128,4 +150,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.client_pool_size = 800
   elif arg:
     raise ValueError(f'unknown preset {arg!r}; expected "" or "smoke"')
+  c.lock()  # a misspelt key (--config.KEY or c.KEY = ...) is an error naming it
   return c

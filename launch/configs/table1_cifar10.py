@@ -50,7 +50,9 @@ from launch.configs import table1_mnist
 
 
 def get_config(arg: str = ''):
-  c = cifar10_fat.set_cifar10(table1_mnist.get_config())
+  c = table1_mnist.get_config()
+  c.unlock()  # the base is locked; this file adds its own keys
+  c = cifar10_fat.set_cifar10(c)
   c.init_checkpoint = 'workdirs/cifar10_fat'
   c.distill_lr = 0.01
   c.defender_val_points = 1000
@@ -65,4 +67,5 @@ def get_config(arg: str = ''):
                                   cert_points=4, pgd_points=40)
   elif arg:
     raise ValueError(f'unknown preset {arg!r}; expected "" or "smoke"')
+  c.lock()
   return c
