@@ -776,17 +776,17 @@ class CombinedCallTest(absltest.TestCase):
     def apply_fn(p, x):
       traces.append(1)
       return base(p, x)
-    x = points((6,), n=18)
+    x = points((6,), n=34)
     y = jnp.argmax(base(params, x), axis=1)
     r = cert.certify(apply_fn, params, x, y, 0.1)
     n_traces = len(traces)
     r_j = cert.certify(apply_fn, params, x, y, jnp.float32(0.1))
-    r_17 = cert.certify(apply_fn, params, x[:17], y[:17], jnp.asarray(0.1))
-    jax.block_until_ready((r_j, r_17))
+    r_33 = cert.certify(apply_fn, params, x[:33], y[:33], jnp.asarray(0.1))
+    jax.block_until_ready((r_j, r_33))
     self.assertEqual(len(traces), n_traces)          # one compilation
     np.testing.assert_array_equal(r_j.certified, r.certified)
-    np.testing.assert_allclose(r_17.loss, r.loss[:17], rtol=1e-6)
-    self.assertEqual(r_17.loss.shape, (17,))
+    np.testing.assert_allclose(r_33.loss, r.loss[:33], rtol=1e-6)
+    self.assertEqual(r_33.loss.shape, (33,))
 
 
 if __name__ == '__main__':

@@ -31,7 +31,7 @@ orders that cannot block their work (windowed blocks, kept local rows,
 forward generators, colours) within ``max_block_elems`` elements for the
 whole chunk, at most ``tuning.Tuning.max_chunk`` points, balanced over the
 chunks. The number of points is padded (repeating the last point) to a
-bucket ``m * 2^e`` with ``8 <= m < 16`` (at most 12.5 % more points), so a
+bucket ``m * 2^e`` with ``16 <= m < 32`` (at most 6.25 % more points), so a
 new number of points in the same bucket, a Python float or a JAX scalar
 ``eps``, reuse the compiled program.
 
@@ -354,10 +354,8 @@ def _plan_of_one_point(apply_fn, treedef, leaves, x_shape, dtype, lo_shape,
 
 
 def _bucket(n: int) -> int:
-  """``n`` rounded up to ``m * 2^e`` with ``8 <= m < 16`` (``n`` if ``<= 8``)."""
-  if n <= 8:
-    return n
-  step = 1 << max(0, n.bit_length() - 4)
+  """``n`` rounded up to ``m * 2^e`` with ``16 <= m < 32`` (``n`` if ``<= 16``)."""
+  step = 1 << max(0, n.bit_length() - 5)
   return -(-n // step) * step
 
 
