@@ -120,6 +120,13 @@ CLIENTS_SCRIPT = textwrap.dedent('''
     assert 'all-reduce' in hlo, 'no cross-device reduction in the client-sharded round'
     np.testing.assert_allclose(plain(fresh(), data)[0].params['p'],
                                split_fn(fresh(), data)[0].params['p'], rtol=1e-6)
+    # A state placed on the mesh once (as train.train places it): every round reuses
+    # the first round's program.
+    s = jax.device_put(fresh(), distributed.replicated(split8.mesh))
+    n0 = split_fn._cache_size()
+    for _ in range(3):
+      s, _ = split_fn(s, data)
+    assert split_fn._cache_size() - n0 <= 1, split_fn._cache_size()
     by_client = simulation.make_round_fn(fl_test_utils.shift_update, mean, num_clients=16,
                                          clients_per_round=8, seed=0, client_sharding=split8,
                                          aggregate_layout='clients')

@@ -841,6 +841,9 @@ def train(config, workdir: str, resume: bool = False,
     os.remove(writer.path)
 
   data, defender_data = place_round_data(exp)
+  sharding = client_sharding(cfg)
+  if sharding is not None:  # the state where the round leaves it: no second compilation
+    state = jax.device_put(state, distributed.replicated(sharding.mesh))
   per_round = exp.attack is not None or exp.defender is not None
   round_writer = JsonlWriter(os.path.join(workdir, 'rounds.jsonl'))
   if resuming:
