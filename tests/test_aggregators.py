@@ -288,9 +288,16 @@ class OrderStatisticsTest(parameterized.TestCase):
         w = rng.integers(0, 3, size=c).astype(np.float32)
         if c > 2:
           x[1, 7] = np.nan
-        net, _ = agg1(A.trimmed_mean(beta, 'network'), x, w)
-        bis, _ = agg1(A.trimmed_mean(beta, 'bisect'), x, w)
+        rules = A.trimmed_mean(beta, 'network'), A.trimmed_mean(beta, 'bisect')
+        net, _ = agg1(rules[0], x, w)
+        bis, _ = agg1(rules[1], x, w)
         np.testing.assert_allclose(net, bis, rtol=1e-6, atol=1e-6, err_msg=f'C={c} beta={beta}')
+        # Every client present: the network's branch with the kept ranks fixed at compile time.
+        full = np.nan_to_num(x)
+        net, _ = agg1(rules[0], full, np.ones(c))
+        bis, _ = agg1(rules[1], full, np.ones(c))
+        np.testing.assert_allclose(net, bis, rtol=1e-6, atol=1e-6,
+                                   err_msg=f'C={c} beta={beta}, all present')
     with self.assertRaisesRegex(ValueError, "method must be one of .* got 'sort'"):
       A.trimmed_mean(0.1, 'sort')
 
