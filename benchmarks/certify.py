@@ -84,6 +84,9 @@ _LAYOUT_CHUNKS = flags.DEFINE_list(
 _BASELINE = flags.DEFINE_string(
     'baseline', '', '--layouts: an importable module holding another version '
     'of fl_jax.certification, timed setting by setting next to this one.')
+_BASELINE_CHUNKS = flags.DEFINE_bool(
+    'baseline_forced_chunks', False, '--layouts: also time --baseline at '
+    'every --layout_chunks size (default: at the default chunking only).')
 _BASELINE_PATH = flags.DEFINE_string(
     'baseline_path', '', 'Folder added to sys.path to import --baseline.')
 _VS_CPU = flags.DEFINE_bool('compare_cpu', False, 'On an accelerator: also '
@@ -240,7 +243,9 @@ def _run_layouts(params, x, y):
                                   num_points=n), flush=True)
     for chunk in chunks:
       for eps in eps_list:
-        certs = [certification] + ([baseline] if baseline else [])
+        with_base = baseline is not None and (chunk is None
+                                              or _BASELINE_CHUNKS.value)
+        certs = [certification] + ([baseline] if with_base else [])
         timed = _time(certs, apply_fn, p, xl, y, eps, chunk, _REPEATS.value)
         first, best, cpu, acc = timed[0]
         line = (f'  chunk {"default" if chunk is None else chunk:>7} eps '
@@ -248,7 +253,7 @@ def _run_layouts(params, x, y):
                 f'{cpu / n * 1e3:6.2f}; first call {first:4.1f} s), '
                 f'certified accuracy {acc:.2f}')
         base_ms = None
-        if baseline is not None:
+        if with_base:
           bf, bb, bcpu, bacc = timed[1]
           base_ms = bb / n * 1e3
           line += (f' | baseline {base_ms:6.2f} ms/point (CPU '
@@ -264,7 +269,7 @@ def _run_layouts(params, x, y):
         print(line, flush=True)
         rows.append((name, chunk, eps, best / n * 1e3, base_ms,
                      cpu / n * 1e3,
-                     timed[1][2] / n * 1e3 if baseline else None))
+                     timed[1][2] / n * 1e3 if with_base else None))
   print('== summary (ms/point; default chunking; best forced chunk)')
   for eps in eps_list:
     default = {r[0]: r[3] for r in rows if r[2] == eps and r[1] is None}
