@@ -78,6 +78,35 @@ class TwoProcessTest(absltest.TestCase):
         np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+  def test_training_run_over_two_processes_equals_one_process(self):
+    # One run whose sampled clients split over the 4 devices of two processes.
+    d = tempfile.mkdtemp()
+    args = [sys.executable, '-m', 'launch.train', '--config=launch/configs/mnist_fedavg.py:smoke',
+            '--config.rounds=3', '--config.eval_every=3', '--config.aggregator=median']
+    addr = f'localhost:{_free_port()}'
+    procs = [subprocess.Popen(args + [f'--workdir={d}/one'], cwd=REPO, env=_env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    procs += [subprocess.Popen(
+        args + [f'--workdir={d}/two', '--config.client_devices=-1',
+                f'--coordinator_address={addr}', '--num_processes=2', f'--process_id={i}',
+                '--init_timeout=120'],
+        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+      self.assertEqual(p.returncode, 0, out[-3000:])
+    self.assertIn('process 0 of 2, 2 local / 4 cpu devices', outs[1])
+    self.assertNotIn('test_acc', outs[2])   # process 1 neither reports nor writes
+    pa, pb = _params(d, 'one'), _params(d, 'two')
+    self.assertNotEmpty(pa)
+    for k in pa:
+      np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    with open(os.path.join(d, 'one', 'summary.json')) as f, \
+         open(os.path.join(d, 'two', 'summary.json')) as g:
+      np.testing.assert_allclose(json.load(f)['test_accuracy'], json.load(g)['test_accuracy'],
+                                 atol=1e-6)
+
+
 class BadJobTest(absltest.TestCase):
 
   def test_process_id_out_of_range(self):

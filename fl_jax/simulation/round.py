@@ -260,6 +260,13 @@ def make_round_fn(client_update: Callable, aggregator: agg_lib.Aggregator, *,
         update_norms=tree_math.stacked_l2_norms(updates),
         aggregate_norm=tree_math.tree_l2_norm(agg_update), diagnostics=diag,
         attack=info, defender=dinfo)
-    return ServerState(params, state.round + 1, agg_state, defender_state), metrics
+    new_state = ServerState(params, state.round + 1, agg_state, defender_state)
+    if client_sharding is not None:
+      # The new model (an all-gather of the rule's result) and the small per-client
+      # figures are whole on every device: readable on every process, and the next
+      # round gets its state with the sharding it was compiled for.
+      whole = jax.sharding.NamedSharding(client_sharding.mesh, jax.sharding.PartitionSpec())
+      new_state, metrics = jax.lax.with_sharding_constraint((new_state, metrics), whole)
+    return new_state, metrics
 
   return jax.jit(round_fn, donate_argnums=0) if jit else round_fn

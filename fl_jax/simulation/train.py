@@ -831,13 +831,16 @@ def train(config, workdir: str, resume: bool = False,
       raise ValueError(f"rounds={cfg['rounds']} is fewer than the {int(state.round)} rounds "
                        f'the checkpoint in {workdir} already holds; ask for at least '
                        f'{int(state.round)} rounds or use a new workdir')
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(to_jsonable(cfg), f, indent=2, sort_keys=True)
-  writer = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), tensorboard_dir=workdir)
+  writes = distributed.is_main_process()  # several processes: process 0 writes the files
+  if writes:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(to_jsonable(cfg), f, indent=2, sort_keys=True)
+  writer = (JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), tensorboard_dir=workdir)
+            if writes else _NoWriter())
   if resuming:
     writer.truncate_after(int(state.round))
     log(f'resumed from {ckpt_path} at round {int(state.round)}')
-  elif os.path.exists(writer.path):
+  elif writes and os.path.exists(writer.path):
     os.remove(writer.path)
 
   data, defender_data = place_round_data(exp)
@@ -845,10 +848,10 @@ def train(config, workdir: str, resume: bool = False,
   if sharding is not None:  # the state where the round leaves it: no second compilation
     state = jax.device_put(state, distributed.replicated(sharding.mesh))
   per_round = exp.attack is not None or exp.defender is not None
-  round_writer = JsonlWriter(os.path.join(workdir, 'rounds.jsonl'))
+  round_writer = JsonlWriter(os.path.join(workdir, 'rounds.jsonl')) if writes else _NoWriter()
   if resuming:
     round_writer.truncate_after(int(state.round))
-  elif os.path.exists(round_writer.path):
+  elif writes and os.path.exists(round_writer.path):
     os.remove(round_writer.path)
   rounds = cfg['rounds']
   # Per-round mean train losses since the last evaluation (float64, on the host,
@@ -886,9 +889,10 @@ def train(config, workdir: str, resume: bool = False,
                 'aggregate_norm': float(rm.aggregate_norm)}
         writer.write(last)
         log(progress_line(r, rounds, ev, train_loss, rps))
-      if r % cfg['checkpoint_every'] == 0 or r == rounds:
+      if writes and (r % cfg['checkpoint_every'] == 0 or r == rounds):
         ckpt_lib.save(ckpt_path, (state, np.float64(elapsed_before + time.time() - t_loop),
                                   np.array([loss_sum, loss_count], np.float64)))
+      if r % cfg['checkpoint_every'] == 0 or r == rounds:
         last_ckpt = r
   finally:
     writer.close()
@@ -896,15 +900,31 @@ def train(config, workdir: str, resume: bool = False,
   if last is None:  # nothing left to run: the last evaluation, else the restored model
     done = int(state.round)
     rows = [row for row in (metrics_lib.read_jsonl(writer.path)
-                            if os.path.exists(writer.path) else []) if row.get('round') == done]
+                            if writes and os.path.exists(writer.path) else [])
+            if row.get('round') == done]
     last = rows[-1] if rows else {'round': done, **evaluate(exp, state.params, done)}
   summary = {**{k: v for k, v in last.items() if k not in ('rounds_per_second',)},
              'rounds': int(state.round),
              'wall_seconds': time.time() - t_start,
              'train_seconds': elapsed_before + time.time() - t_loop}
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(to_jsonable(summary), f, indent=2, sort_keys=True)
+  if writes:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(to_jsonable(summary), f, indent=2, sort_keys=True)
   return summary
+
+
+class _NoWriter:
+  """The writer of a process that does not write (not process 0 of a multi-process job)."""
+  path = os.devnull
+
+  def write(self, record) -> None:
+    del record
+
+  def truncate_after(self, round_idx: int) -> None:
+    del round_idx
+
+  def close(self) -> None:
+    pass
 
 
 def load_init_checkpoint(cfg: Mapping[str, Any]):
