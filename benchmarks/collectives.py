@@ -9,7 +9,8 @@ kind, count, and the bytes of their results (per device), summed over the
 program (a collective inside a loop counts once per loop body), for the stack
 split by client as the clients computed it and after
 :func:`fl_jax.simulation.round.split_by_parameter` (the round's default
-``aggregate_layout='params'``). The figures are
+``aggregate_layout='params'``), with the rule's result made whole on every
+device as the round makes the new model. The figures are
 properties of the compiled program, not timings, so they hold on any backend
 that partitions the same way. ::
 
@@ -90,10 +91,13 @@ def _measure():
   for name, agg in rules.items():
     state = agg.init({'w': jnp.zeros((p,), jnp.float32)})
     for layout in ('clients', 'params'):
+      whole = distributed.replicated(mesh)
       if layout == 'params':  # what make_round_fn(aggregate_layout='params') does
-        fn = lambda u, w, s, agg=agg: agg.update(round_lib.split_by_parameter(u, mesh), w, s)
+        fn = lambda u, w, s, agg=agg: jax.lax.with_sharding_constraint(
+            agg.update(round_lib.split_by_parameter(u, mesh), w, s)[0], whole)
       else:
-        fn = agg.update
+        fn = lambda u, w, s, agg=agg: jax.lax.with_sharding_constraint(
+            agg.update(u, w, s)[0], whole)
       hlo = jax.jit(fn).lower(ups, weights, state).compile().as_text()
       got = collectives(hlo)
       moved = sum(b for _, b in got.values())
