@@ -63,7 +63,11 @@ def main(argv):
   if not _SWEEP.value:
     raise app.UsageError('--sweep is required')
   job = hosts.initialize_from_flags()
+  import jax  # pylint: disable=g-import-not-at-top
   from fl_jax.simulation import distributed  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1 and (_DEVICES.value == 1 or not _VECTORIZE.value):
+    raise app.UsageError('a multi-process sweep splits the runs over the devices of every '
+                         'process: use --devices=-1 (or a device count) and --vectorize')
   main_process = distributed.is_main_process()
   log = (lambda m: print(m, flush=True)) if main_process else (lambda m: None)
   log(f'devices: {job}')
