@@ -7,10 +7,13 @@ rather than derived lives here, as one ``Tuning`` record per backend
 (``get()`` returns the current backend's). The planner compares
 ``weight * FLOPs`` of the orders that fit the memory budget.
 
-Figures behind the CPU values (a 2-core x86 CPU, MNIST CNN of Zizzo et al.
-2021): XLA:CPU runs a convolution about 4x slower per FLOP than a GEMM
-(``conv_weight``); the local pull's small transposed convolutions run at
-about the same loss (``local_weight``); windowed GEMMs run at GEMM speed.
+The CPU values are estimates for a 2-core x86 CPU and the CNNs of Zizzo
+et al. (2021): XLA:CPU runs a convolution about 4x slower per FLOP than a
+GEMM (``conv_weight``), the local pull's small transposed convolutions are
+weighted alike (``local_weight``) and windowed GEMMs run at GEMM speed.
+``max_chunk``: on the MNIST CNN, 100 points, chunks of 16 to 50 ran within
+about 6 % of each other in process CPU time and 100 about 5-20 % slower
+(``benchmarks/certify.py --layouts``).
 """
 from typing import NamedTuple
 
