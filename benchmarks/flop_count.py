@@ -10,6 +10,7 @@ branch chosen at run time (the windowed order's width), so the count is a
 range: ``(cheapest branch, dearest branch)``. Elementwise work is not
 counted.
 """
+import contextlib
 from typing import Tuple
 
 import jax
@@ -72,17 +73,36 @@ def executed(fn, *args) -> float:
   jaxpr only bounds its work. This counts everything outside those width
   switches from the jaxpr (the low end of :func:`flops`: the empty width
   costs nothing) and adds what the switches report when run once under
-  ``windowed.count_gemm_flops``. Clears JAX's caches before and after, so
+  ``count_gemm_flops``. Clears JAX's caches before and after, so
   the reporting version is traced apart and never reused.
   """
-  from fl_jax.certification import windowed  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
   sink = []
   try:
-    with windowed.count_gemm_flops(sink):
+    with count_gemm_flops(sink):
       jax.block_until_ready(jax.jit(fn)(*args))
       jax.effects_barrier()
   finally:
     jax.clear_caches()
   lo, _ = flops(fn, *args)
   return lo + sum(sink)
+
+
+def gemm_flops(g) -> float:
+  """FLOPs (``2 * MACs``) of the block GEMMs one windowed radius ran.
+
+  ``g`` is a ``fl_jax.certification.windowed.BlockGemms`` report: block ``b``
+  ran ``[n_out, K] x [K, w_b]`` plus, below the full width, the ``[w_b, P]``
+  product that gives each column back to its point.
+  """
+  ran = np.asarray(g.widths)[np.asarray(g.picked)]
+  return float(sum(2.0 * g.n_out * w * (g.k_dim + (g.n_pts if w < g.full else 0))
+                   for w in ran.tolist()))
+
+
+@contextlib.contextmanager
+def count_gemm_flops(sink: list):
+  """Appends to ``sink`` the FLOPs of the windowed block GEMMs that run inside it."""
+  from fl_jax.certification import windowed  # pylint: disable=g-import-not-at-top
+  with windowed.report_block_widths(lambda g: sink.append(gemm_flops(g))):
+    yield sink

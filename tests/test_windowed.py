@@ -187,9 +187,9 @@ class PiecesTest(absltest.TestCase):
                                  fetch, cols, [0, 1, 2, 4, 8, 12])
     self.assertGreater(np.max(np.abs(np.asarray(got) - want)), 1e-3)
 
-  def test_counted_flops_follow_the_picked_widths(self):
-    # Block widths 12 (full: no owner product), 8 and 0 (widths [0, 4, 8,
-    # 12]): 2 n_out (12 K + 8 (K + P)) FLOPs, reported once per call.
+  def test_reported_widths_are_the_picked_ones(self):
+    # Blocks holding 11, 6 and 0 columns run at widths 12 (full), 8 and 0
+    # (widths [0, 4, 8, 12]).
     nb, n_out, k_dim, n_pts = 3, 5, 4, 2
     wg = jnp.ones((nb, n_out, k_dim))
     cols = jnp.ones((nb, k_dim, 12))
@@ -197,24 +197,26 @@ class PiecesTest(absltest.TestCase):
     keep[0, :11] = True
     keep[1, :6] = True
     sink = []
-    with windowed.count_gemm_flops(sink):
+    with windowed.report_block_widths(sink.append):
       jax.block_until_ready(jax.jit(
           lambda w, c: windowed._block_radius(
               lambda b: w[b], jnp.asarray(keep), n_pts, lambda cb, s: cb if s is None
               else jnp.take(cb, jnp.minimum(s, 11), 1), c, [0, 4, 8, 12],
               report=True))(wg, cols))
       jax.effects_barrier()
-    self.assertEqual(sink, [2.0 * n_out * (12 * k_dim + 8 * (k_dim + n_pts))])
+    (g,) = sink   # reported once per call, with the width each block ran at
+    self.assertEqual((g.n_out, g.k_dim, g.n_pts, g.full), (n_out, k_dim, n_pts, 12))
+    self.assertEqual([g.widths[i] for i in g.picked], [12, 8, 0])
     # One width for all blocks: the fullest (12) three times.
     sink.clear()
-    with windowed.count_gemm_flops(sink):
+    with windowed.report_block_widths(sink.append):
       jax.block_until_ready(jax.jit(
           lambda w, c: windowed._block_radius(
               lambda b: w[b], jnp.asarray(keep), n_pts, lambda cb, s: cb
               if s is None else jnp.take(cb, jnp.minimum(s, 11), 1), c,
               [0, 4, 8, 12], report=True, per_block=False))(wg, cols))
       jax.effects_barrier()
-    self.assertEqual(sink, [3 * 2.0 * n_out * 12 * k_dim])
+    self.assertEqual([sink[0].widths[i] for i in sink[0].picked], [12, 12, 12])
 
   def test_rows_radius_of_factors(self):
     # sum over the window of |ct * bw|, with negative radii factors (a

@@ -46,7 +46,7 @@ FLOPs then follow the non-zero columns, not the layer width; the numbers
 are the same whichever width runs.
 """
 import contextlib
-from typing import List, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -58,26 +58,40 @@ from fl_jax.certification import nodes as nd
 from fl_jax.certification import tuning
 from fl_jax.certification.conv_ops import EXACT
 
-_FLOP_SINKS: List[list] = []
+_WIDTH_HOOKS: List[Callable] = []
+
+
+class BlockGemms(NamedTuple):
+  """The block GEMMs one windowed radius ran (what :func:`report_block_widths` hooks get).
+
+  Block ``b`` ran ``[n_out, k_dim] x [k_dim, widths[picked[b]]]`` (width 0:
+  nothing); a width below ``full`` also ran the ``[W, n_pts]`` product that
+  gives each column back to its point.
+  """
+  n_out: int
+  k_dim: int
+  n_pts: int
+  full: int
+  widths: tuple
+  picked: np.ndarray
 
 
 @contextlib.contextmanager
-def count_gemm_flops(sink: list):
-  """Report the FLOPs of the block GEMMs that run, for benchmarks.
+def report_block_widths(hook: Callable[[BlockGemms], Any]):
+  """Calls ``hook(BlockGemms)`` with the widths the block GEMMs ran at.
 
   The windowed order's work depends on the data (each block's width is
-  picked at run time), so a count from the program alone is a range.
-  Radii traced inside this context append to ``sink``, when they run, the
-  FLOPs (``2 * MACs``) of the widths they picked: one number per chunk and
-  symbol block. Only the radii pooled over a named ``vmap`` axis report
-  (those of the chunk loop of ``certify``), so a one-point propagation
-  outside it is not counted.
+  picked at run time), so a count from the program alone is a range; a
+  benchmark counts what ran from these reports (``benchmarks/flop_count.py``).
+  Radii traced inside this context report when they run; only those pooled
+  over a named ``vmap`` axis (the chunk loop of ``certify``) do, so a
+  one-point propagation outside it is not reported.
   """
-  _FLOP_SINKS.append(sink)
+  _WIDTH_HOOKS.append(hook)
   try:
-    yield sink
+    yield hook
   finally:
-    _FLOP_SINKS.remove(sink)
+    _WIDTH_HOOKS.remove(hook)
 _PERMUTATIONS = ('reshape', 'transpose', 'squeeze', 'expand_dims')
 
 
@@ -388,8 +402,8 @@ def _block_radius(weight, mask, n_pts, fetch, data, widths=None,
       ``M`` columns for ``sel=None``.
     data: pytree with a leading block axis, scanned with the blocks.
     widths: see :func:`_widths` (default ``_widths(M, per_block)``).
-    report: send the FLOPs of the picked widths to the sinks of
-      :func:`count_gemm_flops`, if any.
+    report: send the picked widths to the hooks of
+      :func:`report_block_widths`, if any.
     per_block: pick the width block by block (a ``lax.switch`` in every
       step of the scan over blocks); ``False``: one width, the fullest
       block's, for all (one switch around the scan). On a GPU every switch
@@ -429,12 +443,10 @@ def _block_radius(weight, mask, n_pts, fetch, data, widths=None,
   branches = [branch(wd) for wd in widths]
   if not per_block:
     pick = jnp.broadcast_to(jnp.max(pick), pick.shape)
-  if report and _FLOP_SINKS:
-    cost = [2.0 * n_out * wd * (k_dim + (n_pts if wd < m else 0))
-            for wd in widths]
-    sinks = tuple(_FLOP_SINKS)
-    jax.debug.callback(lambda f: [s.append(float(f)) for s in sinks],
-                       jnp.sum(jnp.asarray(cost, jnp.float32)[pick]))
+  if report and _WIDTH_HOOKS:
+    hooks, geometry = tuple(_WIDTH_HOOKS), (n_out, k_dim, n_pts, m, tuple(widths))
+    jax.debug.callback(
+        lambda p: [h(BlockGemms(*geometry, np.asarray(p))) for h in hooks], pick)
   acc0 = jnp.zeros((n_out, n_pts), dtype)
   xs = (jnp.arange(nb), data, sel)
   if per_block:
