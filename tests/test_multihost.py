@@ -35,6 +35,27 @@ def _env(devices):
               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
+def _job(testcase, one_process, two_process_args):
+  """Runs ``one_process`` (argv, 1 device) and a two-process job side by side.
+
+  ``two_process_args(flags)`` gives the argv of each of the two processes (2
+  CPU devices each, ``jax.distributed`` on localhost) from its job flags.
+  Returns the three outputs after checking that every process succeeded.
+  """
+  addr = f'localhost:{_free_port()}'
+  spawn = lambda argv, devices: subprocess.Popen(
+      argv, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  procs = [spawn(one_process, 1)] + [
+      spawn(two_process_args([f'--coordinator_address={addr}', '--num_processes=2',
+                              f'--process_id={i}', '--init_timeout=120']), 2)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    testcase.assertEqual(p.returncode, 0, out[-3000:])
+  return outs
+
+
 def _results(workdir):
   with open(os.path.join(workdir, 'sweep_results.jsonl')) as f:
     return {r['run']: r['final'] for r in map(json.loads, f)}
@@ -51,21 +72,10 @@ class TwoProcessTest(absltest.TestCase):
     d = tempfile.mkdtemp()
     one = os.path.join(d, 'one')
     two = os.path.join(d, 'two')
-    ref = subprocess.run(_sweep(one, devices=1), cwd=REPO, env=_env(1), capture_output=True,
-                         text=True, timeout=600)
-    self.assertEqual(ref.returncode, 0, ref.stderr[-3000:])
-    addr = f'localhost:{_free_port()}'
-    procs = [subprocess.Popen(
-        _sweep(two, f'--coordinator_address={addr}', '--num_processes=2',
-               f'--process_id={i}', '--init_timeout=120', devices=-1),
-        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
-      self.assertEqual(p.returncode, 0, out[-3000:])
-    self.assertIn('process 0 of 2, 2 local / 4 cpu devices', outs[0])
-    self.assertIn('runs split over 4 cpu devices', outs[0])
-    self.assertNotIn('run-rounds/s', outs[1])  # only process 0 reports and writes
+    _, out0, out1 = _job(self, _sweep(one, devices=1), lambda job: _sweep(two, *job, devices=-1))
+    self.assertIn('process 0 of 2, 2 local / 4 cpu devices', out0)
+    self.assertIn('runs split over 4 cpu devices', out0)
+    self.assertNotIn('run-rounds/s', out1)  # only process 0 reports and writes
     a, b = _results(one), _results(two)
     self.assertEqual(sorted(a), sorted(b))
     self.assertLen(a, 4)
@@ -77,26 +87,16 @@ class TwoProcessTest(absltest.TestCase):
       for k in pa:
         np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
-
   def test_training_run_over_two_processes_equals_one_process(self):
     # One run whose sampled clients split over the 4 devices of two processes.
     d = tempfile.mkdtemp()
     args = [sys.executable, '-m', 'launch.train', '--config=launch/configs/mnist_fedavg.py:smoke',
             '--config.rounds=3', '--config.eval_every=3', '--config.aggregator=median']
-    addr = f'localhost:{_free_port()}'
-    procs = [subprocess.Popen(args + [f'--workdir={d}/one'], cwd=REPO, env=_env(1),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
-    procs += [subprocess.Popen(
-        args + [f'--workdir={d}/two', '--config.client_devices=-1',
-                f'--coordinator_address={addr}', '--num_processes=2', f'--process_id={i}',
-                '--init_timeout=120'],
-        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
-      self.assertEqual(p.returncode, 0, out[-3000:])
-    self.assertIn('process 0 of 2, 2 local / 4 cpu devices', outs[1])
-    self.assertNotIn('test_acc', outs[2])   # process 1 neither reports nor writes
+    _, out0, out1 = _job(self, args + [f'--workdir={d}/one'],
+                         lambda job: args + [f'--workdir={d}/two', '--config.client_devices=-1',
+                                             *job])
+    self.assertIn('process 0 of 2, 2 local / 4 cpu devices', out0)
+    self.assertNotIn('test_acc', out1)   # process 1 neither reports nor writes
     pa, pb = _params(d, 'one'), _params(d, 'two')
     self.assertNotEmpty(pa)
     for k in pa:
