@@ -20,6 +20,18 @@ TOL = 2e-5
 
 # --- small networks ------------------------------------------------------------
 
+def counting_dense_net():
+  """``dense_net`` whose apply function counts its traces: ``(base, params, apply_fn, traces)``."""
+  base, params = dense_net()
+  traces = []
+
+  def apply_fn(p, x):
+    traces.append(1)
+    return base(p, x)
+
+  return base, params, apply_fn, traces
+
+
 def dense_net(widths=(6, 8, 8, 3), seed=0):
   keys = jax.random.split(jax.random.key(seed), len(widths))
   params = {f'w{i}': jax.random.normal(k, (a, b)) / np.sqrt(a)
@@ -517,12 +529,7 @@ class ApiTest(absltest.TestCase):
       cert.certify(apply_fn, params, x, y, 0.1, chunk_size=0)
 
   def test_no_retrace_and_chunking(self):
-    base, params = dense_net()
-    traces = []
-
-    def apply_fn(p, x):
-      traces.append(1)
-      return base(p, x)
+    base, params, apply_fn, traces = counting_dense_net()
     x = points((6,), n=7)
     y = jnp.argmax(base(params, x), axis=1)
     r1 = cert.certify(apply_fn, params, x, y, 0.1, chunk_size=3)
@@ -770,12 +777,7 @@ class CombinedCallTest(absltest.TestCase):
           fn(apply_fn, params, x, jnp.array(bad), 0.1)
 
   def test_no_recompile_for_eps_types_and_point_counts(self):
-    base, params = dense_net()
-    traces = []
-
-    def apply_fn(p, x):
-      traces.append(1)
-      return base(p, x)
+    base, params, apply_fn, traces = counting_dense_net()
     x = points((6,), n=34)
     y = jnp.argmax(base(params, x), axis=1)
     r = cert.certify(apply_fn, params, x, y, 0.1)

@@ -210,7 +210,7 @@ class TrainDriverTest(absltest.TestCase):
 
   def test_resume_after_interrupt_gives_identical_params(self):
     class Killed(Exception):
-      pass
+      """The simulated death of the training process."""
     real_save = checkpoint.save
     def save_then_kill(path, tree):   # the process dies right after round 2's checkpoint
       real_save(path, tree)

@@ -134,12 +134,10 @@ def initialize(coordinator_address: Optional[str] = None,
 
 
 def _cpu_collectives() -> None:
+  """Selects gloo for cross-process collectives on CPU (JAX's CPU default has none)."""
   platforms = os.environ.get('JAX_PLATFORMS', '') or str(jax.config.jax_platforms or '')
-  if platforms in ('', 'cpu') or platforms.startswith('cpu'):
-    try:
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    except Exception:  # pylint: disable=broad-except
-      pass  # an older or newer JAX without the option: its default applies
+  if platforms == '' or platforms.startswith('cpu'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 
 
 def is_main_process() -> bool:

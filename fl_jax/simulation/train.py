@@ -924,7 +924,7 @@ class _NoWriter:
     del round_idx
 
   def close(self) -> None:
-    pass
+    """Nothing to close: this writer never opened a file."""
 
 
 def load_init_checkpoint(cfg: Mapping[str, Any]):
