@@ -312,6 +312,7 @@ def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
     return fn(*args)
 
   run.num_traces = lambda: traces[0]
+  run.lower = fn.lower
   return run
 
 
