@@ -14,16 +14,17 @@ import collections
 import glob
 import gzip
 import json
+import os
+import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 
-from fl_jax.simulation import batch as batch_lib
-from launch.configs import mnist_fedavg
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import main_job  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _RUNS = flags.DEFINE_integer('runs', 1, 'Runs R in the block.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 25, 'Rounds per block.')
@@ -36,14 +37,8 @@ _RUNTIME_SPANS = ('ThunkExecutor', 'SlinkyThreadPool', '$')
 
 def main(argv):
   del argv
-  cfg = mnist_fedavg.get_config().to_dict()
-  cfg.update(eval_every=_EVAL_EVERY.value, rounds=10_000)
-  batch = batch_lib.build_batch([dict(cfg, seed=s) for s in range(_RUNS.value)])
-  settings = {k: jnp.asarray(v) for k, v in batch.settings.items()}
-  state = batch_lib.make_init_fn(batch)(settings, batch.defender_data, None)
-  block = batch_lib.make_block_fn(batch, evals_per_block=1)
-  args = (jax.device_put(batch.clients), batch.attack_data, batch.defender_data,
-          jax.device_put(batch.test.x), jax.device_put(batch.test.y))
+  block, state, settings, args = main_job.block_and_inputs(
+      _RUNS.value, eval_every=_EVAL_EVERY.value, rounds=10_000)
   if _HLO.value:
     with open(_HLO.value, 'w') as f:
       f.write(block.lower(state, settings, *args).compile().as_text())

@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flop_count  # pylint: disable=g-import-not-at-top,wrong-import-position
+import main_job  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from fl_jax.simulation import batch as batch_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fl_jax.simulation import train as train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from launch.configs import mnist_fedavg  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -63,13 +63,7 @@ def gemm_rate(n=2048, repeats=5):
 
 
 def time_batch(num_runs):
-  configs = [dict(base_config(), seed=s) for s in range(num_runs)]
-  batch = batch_lib.build_batch(configs)
-  settings = {k: jnp.asarray(v) for k, v in batch.settings.items()}
-  state = batch_lib.make_init_fn(batch)(settings, batch.defender_data, None)
-  block = batch_lib.make_block_fn(batch, evals_per_block=1)
-  args = (jax.device_put(batch.clients), batch.attack_data, batch.defender_data,
-          jax.device_put(batch.test.x), jax.device_put(batch.test.y))
+  block, state, settings, args = main_job.block_and_inputs(num_runs, **base_config())
   _, flops_hi = flop_count.flops(block, state, settings, *args)
   t = time.perf_counter()
   state, recs, _ = block(state, settings, *args)
