@@ -26,7 +26,7 @@ status round_speed "${PIPESTATUS[0]}"
 timeout 600 python3 benchmarks/round_speed.py --clients=50,200 --adv_steps=10 \
   --modes=vmap,loop 2>&1 | quiet | tee "$out/round_speed_pgd.txt"
 status round_speed_pgd "${PIPESTATUS[0]}"
-timeout 600 python3 benchmarks/sweep_speed.py --runs=32,128 --blocks=2 \
+timeout 600 python3 benchmarks/sweep_speed.py --runs=32,128 --blocks=2 --runs_chunk=0 \
   2>&1 | quiet | tee "$out/sweep_speed.txt"
 status sweep_speed "${PIPESTATUS[0]}"
 timeout 300 python3 benchmarks/aggregators.py --skip_numpy 2>&1 | quiet | tee "$out/aggregators.txt"

@@ -28,6 +28,7 @@ import main_job  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _RUNS = flags.DEFINE_integer('runs', 1, 'Runs R in the block.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 25, 'Rounds per block.')
+_CHUNK = flags.DEFINE_integer('runs_chunk', 0, 'Runs vmapped together (0: by backend).')
 _TOP = flags.DEFINE_integer('top', 15, 'Ops to print.')
 _HLO = flags.DEFINE_string('hlo', '', 'If set, write the compiled HLO text to this file.')
 
@@ -38,7 +39,8 @@ _RUNTIME_SPANS = ('ThunkExecutor', 'SlinkyThreadPool', '$')
 def main(argv):
   del argv
   block, state, settings, args = main_job.block_and_inputs(
-      _RUNS.value, eval_every=_EVAL_EVERY.value, rounds=10_000)
+      _RUNS.value, runs_chunk=_CHUNK.value or None, eval_every=_EVAL_EVERY.value,
+      rounds=10_000)
   if _HLO.value:
     with open(_HLO.value, 'w') as f:
       f.write(block.lower(state, settings, *args).compile().as_text())

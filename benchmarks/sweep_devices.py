@@ -81,7 +81,7 @@ def _time_here(num_devices: int) -> dict:
   shared = batch_lib.place((b.clients, b.attack_data, b.defender_data, b.test.x, b.test.y,
                             b.target), mesh, False)
   clients, attack, dd, tx, ty, target = shared
-  block = batch_lib.make_block_fn(b, evals_per_block=1)
+  block = batch_lib.make_block_fn(b, evals_per_block=1, runs_chunk=len(configs))
   state, recs, _ = block(state, settings, clients, attack, dd, tx, ty, target)
   jax.block_until_ready(recs)
   t = time.perf_counter()

@@ -2,10 +2,12 @@ r"""Runs x rounds per second of a sweep: R vectorized runs vs the runs one by on
 
 The main job's setting (``launch/configs/mnist_fedavg.py``: MNIST CNN, 500
 IID clients, 5 per round, 1 local epoch, evaluation on the 10,000 test points
-every 25 rounds). For each ``R`` it compiles the vectorized block of
-``fl_jax.simulation.batch`` (``eval_every`` rounds and one evaluation of
-``R`` runs per dispatch), runs one warm-up block and times ``--blocks``
-blocks. Sequential baselines, both with compilation excluded:
+every 25 rounds). For each ``R`` and each ``--runs_chunk`` it compiles the
+block of ``fl_jax.simulation.batch`` (``eval_every`` rounds and one evaluation
+of ``R`` runs per dispatch; ``runs_chunk`` runs vmapped together, the chunks
+mapped over: ``0`` is one vmap over all ``R``, ``1`` a ``lax.map`` over
+unbatched runs), runs one warm-up block and times ``--blocks`` blocks.
+Sequential baselines, both with compilation excluded:
 
 * ``one-by-one``: the same block program with ``R = 1``; ``R`` runs one after
   another take ``R`` times as long (each run is its own program);
@@ -18,7 +20,7 @@ the time; a large float32 GEMM timed in the same run gives the machine's
 practical peak for the fraction. ::
 
   python benchmarks/sweep_speed.py                  # R = 1, 8, 32
-  python benchmarks/sweep_speed.py --runs=32,128    # on an accelerator
+  python benchmarks/sweep_speed.py --runs=32,128 --runs_chunk=0   # on an accelerator
 """
 import os
 import sys
@@ -42,6 +44,9 @@ _BLOCKS = flags.DEFINE_integer('blocks', 2, 'Timed blocks per R (after one warm-
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 25, 'Rounds per block (one evaluation each).')
 _LOOP = flags.DEFINE_bool('loop', True, "Also time launch.train's per-round loop.")
 _CLIENT_PARALLEL = flags.DEFINE_string('client_parallel', '', "'' (by backend) | vmap | map.")
+_CHUNKS = flags.DEFINE_list('runs_chunk', ['0', '1'],
+                            'Runs vmapped together, each timed (0: all R, one vmap; 1: '
+                            'lax.map over unbatched runs).')
 _MODEL = flags.DEFINE_string('model', 'mnist_cnn', 'Model of the runs (mnist_cnn, lenet5, mlp).')
 
 
@@ -62,8 +67,9 @@ def gemm_rate(n=2048, repeats=5):
   return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
-def time_batch(num_runs):
-  block, state, settings, args = main_job.block_and_inputs(num_runs, **base_config())
+def time_batch(num_runs, chunk):
+  block, state, settings, args = main_job.block_and_inputs(
+      num_runs, runs_chunk=chunk, **base_config())
   _, flops_hi = flop_count.flops(block, state, settings, *args)
   t = time.perf_counter()
   state, recs, _ = block(state, settings, *args)
@@ -106,21 +112,29 @@ def main(argv):
         f'model: {_MODEL.value}')
   peak = gemm_rate()
   print(f'float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s (practical peak of this run)')
+  chunks = sorted({int(c) for c in _CHUNKS.value})
+  one, _, _ = time_batch(1, 1)
+  print(f'one run alone (R = 1 program): {one:8.2f} run-rounds/s', flush=True)
   rows = {}
-  for r in sorted({1, *[int(x) for x in _RUNS.value]}):
-    rate, fl, comp = time_batch(r)
-    rows[r] = rate
-    print(f'R={r:4d} vectorized: {rate:8.2f} run-rounds/s  {fl / 1e9:7.1f} GFLOP/s '
-          f'({100 * fl / peak:4.1f}% of the GEMM rate)  compile+first block {comp:.1f} s',
-          flush=True)
+  for r in sorted({int(x) for x in _RUNS.value}):
+    for c in chunks:
+      c = min(c or r, r)
+      if (r, c) in rows:
+        continue
+      rate, fl, comp = time_batch(r, c)
+      rows[r, c] = rate
+      how = 'one vmap' if c == r else f'map over chunks of {c}'
+      print(f'R={r:4d} ({how:>20s}): {rate:8.2f} run-rounds/s  {fl / 1e9:7.1f} GFLOP/s '
+            f'({100 * fl / peak:4.1f}% of the GEMM rate)  compile+first block {comp:.1f} s',
+            flush=True)
   if _LOOP.value:
     loop = time_loop()
     print(f'per-round loop (launch.train, 1 run): {loop:8.2f} run-rounds/s', flush=True)
-  print('\nspeed-up of R vectorized runs over the same R runs one by one (R = 1 program):')
-  for r, rate in rows.items():
-    line = f'  R={r:4d}: {rate / rows[1]:5.2f}x'
+  print('\nspeed-up of R runs in one program over the same R runs one after another:')
+  for (r, c), rate in rows.items():
+    line = f'  R={r:4d} runs_chunk={c:4d}: {rate / one:5.2f}x vs the R = 1 program'
     if _LOOP.value:
-      line += f'   vs the per-round loop: {rate / loop:5.2f}x'
+      line += f'   {rate / loop:5.2f}x vs the per-round loop'
     print(line)
 
 

@@ -53,6 +53,9 @@ _RESUME = flags.DEFINE_bool('resume', False, 'Continue a killed sweep from its c
 _BLOCK_EVALS = flags.DEFINE_integer('block_evals', 4,
                                     'Evaluations (of eval_every rounds each) per dispatch.')
 _METRIC = flags.DEFINE_string('metric', 'test_accuracy', 'Final metric of the summary plot.')
+_RUNS_CHUNK = flags.DEFINE_integer(
+    'runs_chunk', 0, 'Runs of a group vmapped together; the chunks run one after another in '
+    'the program (0: by backend, 1 on CPU, all runs on accelerators or with --devices).')
 _DEVICES = flags.DEFINE_integer('devices', 1, 'Devices to split the runs of a group over '
                                 '(a "runs" mesh; -1: all).')
 
@@ -75,7 +78,7 @@ def main(argv):
   _, _, _, table = run_sweep(_CONFIG.value, runs, _WORKDIR.value, vectorize=_VECTORIZE.value,
                              resume=_RESUME.value, block_evals=_BLOCK_EVALS.value,
                              metric=_METRIC.value, dry_run=_DRY_RUN.value,
-                             devices=_DEVICES.value,
+                             devices=_DEVICES.value, runs_chunk=_RUNS_CHUNK.value,
                              log=log)
   if table is None or not main_process:
     return

@@ -140,7 +140,7 @@ def write_results(workdir, runs, names, group_of, summaries, metric):
 
 def run_sweep(base, runs, workdir, *, vectorize: bool = True, resume: bool = False,
               block_evals: int = 4, metric: str = 'test_accuracy', dry_run: bool = False,
-              devices: int = 1, log=print):
+              devices: int = 1, runs_chunk: int = 0, log=print):
   """Runs the override dicts ``runs`` on the config ``base``; writes the results.
 
   Runs that share a program (:func:`fl_jax.simulation.batch.group_runs`) run as
@@ -148,7 +148,9 @@ def run_sweep(base, runs, workdir, *, vectorize: bool = True, resume: bool = Fal
   ``train.train``. Each run writes to ``workdir/<run name>``; then
   :func:`write_results`. ``devices > 1`` splits each group's runs over a
   ``'runs'`` mesh of that many devices (``-1``: all); a group whose size does
-  not divide over them is an error naming both.
+  not divide over them is an error naming both. ``runs_chunk`` runs of a group
+  are vmapped together, the chunks mapped over (``0``: by backend, see
+  :func:`fl_jax.simulation.batch.default_runs_chunk`).
 
   Returns:
     ``(names, workdirs, summaries, table)``; the last two are None with
@@ -182,7 +184,7 @@ def run_sweep(base, runs, workdir, *, vectorize: bool = True, resume: bool = Fal
                             batch_dir=os.path.join(workdir, '_batches',
                                                    group_dirname(g, [names[i] for i in idx])),
                             resume=resume, evals_per_block=block_evals, name=f'group {g}',
-                            mesh=mesh, log=log)
+                            mesh=mesh, runs_chunk=runs_chunk or None, log=log)
       for i, s in zip(idx, out):
         summaries[i] = s
     else:

@@ -80,7 +80,7 @@ class BatchTest(absltest.TestCase):
     configs = [smoke(seed=0, lr=0.05, norm_bound=0.1, momentum=0.9),
                smoke(seed=1, lr=0.1, norm_bound=1.0, momentum=0.5),
                smoke(seed=2, lr=0.02, norm_bound=0.3, momentum=0.0, weight_decay=1e-3)]
-    dirs, summaries = self.run_batch(configs, 'b')
+    dirs, summaries = self.run_batch(configs, 'b', runs_chunk=3)   # one vmap over the runs
     for i, cfg in enumerate(configs):
       alone = os.path.join(self.dir, f'alone{i}')
       s = train_lib.train(cfg, alone, log=lambda m: None)
@@ -97,7 +97,7 @@ class BatchTest(absltest.TestCase):
     batch = batch_lib.build_batch(configs)
     self.assertEqual(batch.data_axis, 0)   # a partition per run
     self.assertIn('attack_lr', batch.traced)
-    dirs, _ = self.run_batch(configs, 'a')
+    dirs, _ = self.run_batch(configs, 'a', runs_chunk=2)
     for i, cfg in enumerate(configs):
       alone = os.path.join(self.dir, f'alone{i}')
       train_lib.train(cfg, alone, log=lambda m: None)
@@ -109,6 +109,17 @@ class BatchTest(absltest.TestCase):
       tb = metrics_lib.read_scalars(d)
       self.assertEqual([s for s, _ in tb['test_accuracy']],
                        [r['round'] for r in read(os.path.join(d, 'metrics.jsonl'))])
+
+  def test_runs_chunk_does_not_change_the_result(self):
+    # 3 runs: one vmap, lax.map over unbatched runs, chunks of 2 (with a remainder).
+    configs = [smoke(seed=s, lr=0.05 * (s + 1), norm_bound=0.5, rounds=2) for s in range(3)]
+    ref, _ = self.run_batch(configs, 'v', runs_chunk=3)
+    for chunk in (1, 2):
+      dirs, _ = self.run_batch(configs, f'c{chunk}_', runs_chunk=chunk)
+      for a, b in zip(dirs, ref):
+        self.assert_same_run(a, b)
+    with self.assertRaisesRegex(ValueError, 'runs_chunk must be >= 1, got -1'):
+      self.run_batch(configs, 'bad', runs_chunk=-1)
 
   def test_runs_are_independent(self):
     configs = [smoke(seed=0, norm_bound=1.0), smoke(seed=1, lr=0.1, norm_bound=1.0),

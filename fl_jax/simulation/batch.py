@@ -12,6 +12,12 @@ traced, and the runs axis is a ``jax.vmap`` over it::
     block(state[R], settings[R]) = vmap(one_run)(state, settings)
     one_run = scan over S evaluations of (scan over E rounds of round_fn; evaluate)
 
+or, with ``runs_chunk = C < R``, a ``lax.map`` over chunks of ``C`` vmapped
+runs (:func:`map_runs`; the same values). Accelerators take the whole vmap;
+XLA:CPU gets nothing from batching runs that each have their own weights, and
+runs them one after another inside the program (``C = 1``,
+:func:`default_runs_chunk`).
+
 so ``S * E`` rounds and ``S`` evaluations (clean, PGD, backdoor and target-task
 accuracy)
 are one dispatch. Every other key (model, rule, clients per round, Krum's
@@ -262,8 +268,38 @@ def make_init_fn(batch: Batch) -> Callable:
   return jax.jit(jax.vmap(one, in_axes=(0, None, None), axis_size=len(batch.configs)))
 
 
-def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
+def default_runs_chunk(num_runs: int) -> int:
+  """Runs per vmapped chunk by backend: 1 on CPU, all ``num_runs`` elsewhere.
+
+  On XLA:CPU a vmapped batch of runs is no faster than the same runs one
+  after another inside the program (each run has its own weights, so the
+  batched matrix products are ``R`` separate products whose ``R`` weight
+  sets no longer fit in cache); accelerators want the whole batch at once.
+  """
+  return 1 if jax.default_backend() == 'cpu' else num_runs
+
+
+def map_runs(fn: Callable, xs, num_runs: int, chunk: int):
+  """``fn`` over the leading runs axis of ``xs``: ``lax.map`` over chunks of ``chunk`` vmapped runs.
+
+  ``chunk >= num_runs`` is one ``jax.vmap`` over all runs; ``chunk == 1``
+  runs ``fn`` unbatched on one run at a time (no degenerate batch axis,
+  which XLA:CPU lays out badly); between, ``lax.map(..., batch_size=chunk)``.
+  Every choice computes the same values.
+  """
+  if chunk < 1:
+    raise ValueError(f'runs_chunk must be >= 1, got {chunk}')
+  if chunk >= num_runs > 1:
+    return jax.vmap(fn, axis_size=num_runs)(xs)
+  return jax.lax.map(fn, xs, batch_size=None if chunk == 1 else chunk)
+
+
+def make_block_fn(batch: Batch, *, evals_per_block: int,
+                  runs_chunk: Optional[int] = None) -> Callable:
   """The vectorized block: ``evals_per_block`` x ``eval_every`` rounds of ``R`` runs.
+
+  ``runs_chunk`` runs are vmapped together and the chunks mapped over
+  (:func:`map_runs`); ``None`` picks by backend (:func:`default_runs_chunk`).
 
   Returns:
     ``block(state[R], settings[R], clients, attack_data, defender_data,
@@ -277,6 +313,9 @@ def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
   cfg0 = batch.static
   total, every = cfg0['rounds'], cfg0['eval_every']
   traces = [0]
+  chunk = default_runs_chunk(len(batch.configs)) if runs_chunk is None else runs_chunk
+  if chunk < 1:
+    raise ValueError(f'runs_chunk must be >= 1, got {chunk}')
 
   def one_run(state, settings, clients, attack_data, defender_data, test_x, test_y, target):
     cfg = _run_config(batch, settings)
@@ -302,9 +341,21 @@ def make_block_fn(batch: Batch, *, evals_per_block: int) -> Callable:
   def block(state, settings, clients, attack_data, defender_data, test_x, test_y,
             target=None):
     traces[0] += 1
-    axes = (0, 0, batch.data_axis, batch.data_axis, None, None, None, batch.data_axis)
-    return jax.vmap(one_run, in_axes=axes, axis_size=len(batch.configs))(
-        state, settings, clients, attack_data, defender_data, test_x, test_y, target)
+    num_runs = len(batch.configs)
+    per_run = (state, settings)
+    shared = dict(defender_data=defender_data, test_x=test_x, test_y=test_y)
+    if batch.data_axis is None:
+      shared.update(clients=clients, attack_data=attack_data, target=target)
+    else:
+      per_run += (clients, attack_data, target)
+
+    def call(xs):
+      if batch.data_axis is None:
+        return one_run(*xs, **shared)
+      st, se, c, a, t = xs
+      return one_run(st, se, c, a, target=t, **shared)
+
+    return map_runs(call, per_run, num_runs, chunk)
 
   fn = jax.jit(block, donate_argnums=0)
 
@@ -331,7 +382,8 @@ def _log(msg: str) -> None:
 def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str,
               resume: bool = False, evals_per_block: int = 4,
               log: Callable[[str], None] = _log, name: str = 'batch',
-              mesh: Optional[jax.sharding.Mesh] = None) -> list:
+              mesh: Optional[jax.sharding.Mesh] = None,
+              runs_chunk: Optional[int] = None) -> list:
   """Runs ``R`` configs of one group as one vectorized program.
 
   Writes for every run what ``train.train`` writes in its workdir
@@ -352,6 +404,9 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
     name: the group's name in progress lines.
     mesh: a :func:`runs_mesh` to split the runs over (``None``: the default
       device). ``R`` must be a multiple of its size; the result is the same.
+    runs_chunk: runs vmapped together (:func:`map_runs`); ``None``: all of
+      them with a mesh (XLA splits the vmapped runs over it), else
+      :func:`default_runs_chunk`. The result does not depend on it.
 
   Returns:
     the ``R`` summaries (dicts), in the order of ``configs``.
@@ -396,7 +451,9 @@ def run_batch(configs: Sequence[Any], workdirs: Sequence[str], *, batch_dir: str
     for wr in (*writers, *round_writers) if writes else ():
       if os.path.exists(wr.path):
         os.remove(wr.path)
-  block = make_block_fn(batch, evals_per_block=spb)
+  if runs_chunk is None and mesh is not None:
+    runs_chunk = num
+  block = make_block_fn(batch, evals_per_block=spb, runs_chunk=runs_chunk)
   clients, attack_data, target = batch.clients, batch.attack_data, batch.target
   test_x, test_y = batch.test.x, batch.test.y
   if mesh is None:
