@@ -314,8 +314,6 @@ def make_block_fn(batch: Batch, *, evals_per_block: int,
   total, every = cfg0['rounds'], cfg0['eval_every']
   traces = [0]
   chunk = default_runs_chunk(len(batch.configs)) if runs_chunk is None else runs_chunk
-  if chunk < 1:
-    raise ValueError(f'runs_chunk must be >= 1, got {chunk}')
 
   def one_run(state, settings, clients, attack_data, defender_data, test_x, test_y, target):
     cfg = _run_config(batch, settings)
